@@ -1,0 +1,52 @@
+"""Serving engines. Each turns a resolved recipe into the real engine's command line.
+
+Engines register through the `hpcserve_jupyter.backends` entry-point group, so a third party adds
+one by shipping a package; ours are registered the same way (and found by module path when the
+package metadata is absent, as in a bare source checkout).
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import import_module
+from importlib.metadata import entry_points
+
+from .base import Backend, Context
+
+__all__ = ["BUILTIN", "Backend", "Context", "backend_names", "get_backend"]
+
+GROUP = "hpcserve_jupyter.backends"
+BUILTIN = {
+    "vllm": "hpcserve_jupyter.backends.vllm:VLLM",
+    "sglang": "hpcserve_jupyter.backends.sglang:SGLang",
+    "transformers": "hpcserve_jupyter.backends.transformers:Transformers",
+    "trtllm": "hpcserve_jupyter.backends.trtllm:TRTLLM",
+    "tgi": "hpcserve_jupyter.backends.tgi:TGI",
+    "llama-cpp": "hpcserve_jupyter.backends.llama_cpp:LlamaCpp",
+    "chroma": "hpcserve_jupyter.backends.chroma:Chroma",
+    "qdrant": "hpcserve_jupyter.backends.qdrant:Qdrant",
+}
+
+
+@functools.cache
+def _registry() -> dict[str, str]:
+    found = dict(BUILTIN)
+    for ep in entry_points(group=GROUP):
+        found[ep.name] = ep.value
+    return found
+
+
+def backend_names() -> list[str]:
+    return sorted(_registry())
+
+
+@functools.cache
+def get_backend(name: str) -> Backend:
+    from ..errors import NotFound, close_matches
+
+    target = _registry().get(name)
+    if target is None:
+        raise NotFound(f"unknown backend {name!r}", hint=close_matches(name, backend_names()))
+    module, _, attr = target.partition(":")
+    cls = getattr(import_module(module), attr)
+    return cls()

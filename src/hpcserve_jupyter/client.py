@@ -1,0 +1,225 @@
+"""OpenAI-compatible client on httpx, sync and async, with streaming through httpx-sse.
+
+Errors from the engine surface with the engine's own message (EngineError); a connection
+failure says which endpoint could not be reached.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+from httpx_sse import aconnect_sse, connect_sse
+
+from .errors import EngineError, NotReady
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=30.0, pool=30.0)
+
+
+def _messages(prompt: str | list[dict[str, Any]], system: str | None) -> list[dict[str, Any]]:
+    msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system:
+        msgs.insert(0, {"role": "system", "content": system})
+    return msgs
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except (ValueError, json.JSONDecodeError):
+        text = response.text.strip()
+        return text[:500] or response.reason_phrase
+    err = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(err, dict):
+        return str(err.get("message") or err.get("detail") or err)
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"])
+    return str(err)
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code >= 400:
+        if response.is_stream_consumed is False:
+            response.read()
+        raise EngineError(f"the engine answered {response.status_code}: "
+                          f"{_error_message(response)}", status_code=response.status_code)
+
+
+def _delta(event_data: str, chat: bool) -> str:
+    payload = json.loads(event_data)
+    if "error" in payload:
+        raise EngineError(f"the engine reported: {_error_message_from(payload)}")
+    choices = payload.get("choices") or []
+    if not choices:
+        return ""
+    choice = choices[0]
+    if chat:
+        return (choice.get("delta") or {}).get("content") or ""
+    return choice.get("text") or ""
+
+
+def _error_message_from(payload: dict[str, Any]) -> str:
+    err = payload.get("error")
+    return str(err.get("message", err)) if isinstance(err, dict) else str(err)
+
+
+class _Base:
+    def __init__(self, base_url: str, api_key: str | None = None,
+                 timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+                 headers: dict[str, str] | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.headers = dict(headers or {})
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self.timeout = timeout
+
+    def _url(self, path: str) -> str:
+        prefix = "" if self.base_url.endswith("/v1") else "/v1"
+        return f"{self.base_url}{prefix}/{path.lstrip('/')}"
+
+    @staticmethod
+    def _chat_body(model: str, prompt: Any, system: str | None, stream: bool,
+                   params: dict[str, Any]) -> dict[str, Any]:
+        return {"model": model, "messages": _messages(prompt, system), "stream": stream, **params}
+
+    def _unreachable(self, exc: httpx.HTTPError) -> NotReady:
+        return NotReady(f"cannot reach the engine at {self.base_url}: {exc.__class__.__name__}"
+                        f"{': ' + str(exc) if str(exc) else ''}")
+
+
+class Client(_Base):
+    """Blocking client; one connection pool per instance."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._http = httpx.Client(timeout=self.timeout, headers=self.headers)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self._http.post(self._url(path), json=body)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        _raise_for(response)
+        return response.json()
+
+    def models(self) -> list[str]:
+        try:
+            response = self._http.get(self._url("models"))
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        _raise_for(response)
+        return [m["id"] for m in response.json().get("data", [])]
+
+    def chat(self, model: str, prompt: str | list[dict[str, Any]], *, system: str | None = None,
+             **params: Any) -> str:
+        body = self._chat_body(model, prompt, system, False, params)
+        return self._post("chat/completions", body)["choices"][0]["message"]["content"] or ""
+
+    def complete(self, model: str, prompt: str, **params: Any) -> str:
+        body = {"model": model, "prompt": prompt, "stream": False, **params}
+        return self._post("completions", body)["choices"][0]["text"]
+
+    def embeddings(self, model: str, texts: str | list[str]) -> list[list[float]]:
+        data = self._post("embeddings", {"model": model, "input": texts})["data"]
+        return [d["embedding"] for d in sorted(data, key=lambda d: d.get("index", 0))]
+
+    def stream_chat(self, model: str, prompt: str | list[dict[str, Any]], *,
+                    system: str | None = None, **params: Any) -> Iterator[str]:
+        """Text deltas of a chat answer as the engine produces them."""
+        body = self._chat_body(model, prompt, system, True, params)
+        yield from self._stream("chat/completions", body, chat=True)
+
+    def stream_complete(self, model: str, prompt: str, **params: Any) -> Iterator[str]:
+        body = {"model": model, "prompt": prompt, "stream": True, **params}
+        yield from self._stream("completions", body, chat=False)
+
+    def _stream(self, path: str, body: dict[str, Any], chat: bool) -> Iterator[str]:
+        try:
+            with connect_sse(self._http, "POST", self._url(path), json=body) as source:
+                _raise_for(source.response)
+                for event in source.iter_sse():
+                    if event.data.strip() == "[DONE]":
+                        break
+                    text = _delta(event.data, chat)
+                    if text:
+                        yield text
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+
+
+class AsyncClient(_Base):
+    """Asyncio client with the same methods as Client."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._http = httpx.AsyncClient(timeout=self.timeout, headers=self.headers)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = await self._http.post(self._url(path), json=body)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        _raise_for(response)
+        return response.json()
+
+    async def models(self) -> list[str]:
+        try:
+            response = await self._http.get(self._url("models"))
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        _raise_for(response)
+        return [m["id"] for m in response.json().get("data", [])]
+
+    async def chat(self, model: str, prompt: str | list[dict[str, Any]], *,
+                   system: str | None = None, **params: Any) -> str:
+        body = self._chat_body(model, prompt, system, False, params)
+        return (await self._post("chat/completions", body))["choices"][0]["message"]["content"]
+
+    async def complete(self, model: str, prompt: str, **params: Any) -> str:
+        body = {"model": model, "prompt": prompt, "stream": False, **params}
+        return (await self._post("completions", body))["choices"][0]["text"]
+
+    async def embeddings(self, model: str, texts: str | list[str]) -> list[list[float]]:
+        data = (await self._post("embeddings", {"model": model, "input": texts}))["data"]
+        return [d["embedding"] for d in sorted(data, key=lambda d: d.get("index", 0))]
+
+    async def stream_chat(self, model: str, prompt: str | list[dict[str, Any]], *,
+                          system: str | None = None, **params: Any) -> AsyncIterator[str]:
+        body = self._chat_body(model, prompt, system, True, params)
+        async for text in self._stream("chat/completions", body, chat=True):
+            yield text
+
+    async def _stream(self, path: str, body: dict[str, Any], chat: bool) -> AsyncIterator[str]:
+        try:
+            async with aconnect_sse(self._http, "POST", self._url(path), json=body) as source:
+                if source.response.status_code >= 400:
+                    await source.response.aread()
+                    _raise_for(source.response)
+                async for event in source.aiter_sse():
+                    if event.data.strip() == "[DONE]":
+                        break
+                    text = _delta(event.data, chat)
+                    if text:
+                        yield text
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None

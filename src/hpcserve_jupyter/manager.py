@@ -1,0 +1,485 @@
+"""SessionManager: the only owner of session state.
+
+It launches and stops sessions, runs one monitor loop that polls each target once per tick for
+all of that target's sessions, probes readiness (the engine's health endpoint answers, not
+"process alive"), enforces autostop (idle timeout, max lifetime), re-attaches to live sessions
+after a restart, and publishes every change to subscribers. No Jupyter imports here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import logging
+import secrets as _random
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from . import paths
+from .errors import BadInput, HpcserveError, LaunchError, NotFound, NotReady
+from .recipes import Catalog
+from .secrets import master_key, redact, session_api_key
+from .sessions import Session, State
+from .spec import ServeSpec, resolve
+from .store import StaleSession, Store
+from .targets import load_target_configs, make_target
+from .targets.base import LaunchRequest, Phase, Target, TargetStatus
+
+log = logging.getLogger(__name__)
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+
+class SessionManager:
+    def __init__(self, home: Path | None = None, *, catalog: Catalog | None = None,
+                 target_configs: dict[str, dict[str, Any]] | None = None,
+                 poll_interval: float = 2.0, start_timeout: float = 1800.0,
+                 default_idle_timeout: int | None = None, owner: str | None = None) -> None:
+        self.home = home or paths.home()
+        self.store = Store(self.home / "sessions.db")
+        self._master = master_key(self.home)
+        self._catalog = catalog
+        self._target_configs = target_configs
+        self._targets: dict[str, Target] = {}
+        self.poll_interval = poll_interval
+        self.start_timeout = start_timeout
+        self.default_idle_timeout = default_idle_timeout
+        self.owner = owner or _whoami()
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._monitor: asyncio.Task[None] | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._tick_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self.probe_interval = min(0.25, poll_interval)
+        self.ticks = 0
+
+    # ------------------------------------------------------------------ wiring
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = Catalog()
+        return self._catalog
+
+    @property
+    def target_configs(self) -> dict[str, dict[str, Any]]:
+        if self._target_configs is None:
+            self._target_configs = load_target_configs()
+        return self._target_configs
+
+    def target(self, name: str) -> Target:
+        if name not in self._targets:
+            self._targets[name] = make_target(name, self.target_configs)
+        return self._targets[name]
+
+    def api_key(self, session: Session | str) -> str:
+        sid = session if isinstance(session, str) else session.id
+        return session_api_key(self._master, sid)
+
+    async def start(self, *, monitor: bool = True) -> None:
+        """Re-attach to live sessions (one poll of each target), then start the monitor loop."""
+        await self.tick()
+        if monitor and self._monitor is None:
+            self._monitor = asyncio.create_task(self._loop(), name="hpcserve-monitor")
+
+    async def close(self) -> None:
+        """Stop monitoring and release connections. Sessions keep running."""
+        if self._monitor:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+            self._monitor = None
+        for target in self._targets.values():
+            with contextlib.suppress(Exception):
+                await target.close()
+        if self._http:
+            await self._http.aclose()
+            self._http = None
+        self.store.close()
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0))
+        return self._http
+
+    # ------------------------------------------------------------------ queries
+
+    def sessions(self, *, live_only: bool = False) -> list[Session]:
+        return self.store.all(live_only=live_only)
+
+    def get(self, key: str) -> Session:
+        found = self.store.find(key)
+        if not found:
+            names = [s.name for s in self.store.all()] + [s.id for s in self.store.all()]
+            from .errors import close_matches
+
+            raise NotFound(f"no session {key!r}", hint=close_matches(key, names)
+                           if names else "launch one first (hpcserve launch RECIPE)")
+        live = [s for s in found if s.state.live]
+        if len(live) > 1:
+            raise BadInput(f"{key!r} matches several sessions: "
+                           + ", ".join(f"{s.id} ({s.name})" for s in live),
+                           hint="use the full session id")
+        return (live or found)[0]
+
+    def events(self, session_id: str | None = None, after: int = 0) -> list[dict[str, Any]]:
+        return self.store.events(session_id, after)
+
+    # ------------------------------------------------------------------ launch
+
+    def resolve(self, recipe: str, backend: str | None, overrides: Mapping[str, Any]) -> ServeSpec:
+        return resolve(recipe, backend, overrides, catalog=self.catalog)
+
+    def _new_name(self, recipe: str) -> str:
+        taken = set(self.store.names_like(recipe))
+        n = 1
+        while f"{recipe}-{n}" in taken:
+            n += 1
+        return f"{recipe}-{n}"
+
+    async def launch(self, recipe: str, *, backend: str | None = None, target: str = "local",
+                     name: str | None = None,
+                     overrides: Mapping[str, Any] | None = None) -> Session:
+        """Validate everything, record the session, then start it on the target.
+
+        Bad input fails before anything is recorded or started. A target that fails to start
+        leaves a `failed` session with its reason, and nothing running.
+        """
+        import re
+
+        overrides = dict(overrides or {})
+        spec = self.resolve(recipe, backend, overrides)
+        tgt = self.target(target)
+        if name is not None and not re.match(NAME_RE, name):
+            raise BadInput(f"invalid session name {name!r}",
+                           hint="use letters, digits, '.', '_' and '-' (at most 63 characters)")
+        if name and self.store.name_in_use(name):
+            raise BadInput(f"a live session is already named {name!r}",
+                           hint="choose another name or stop that session")
+        session = Session(
+            id=_random.token_hex(4), name=name or self._new_name(spec.recipe),
+            recipe=spec.recipe, backend=spec.backend, target=target, spec=spec.to_dict(),
+            model=spec.served_model_name, api_flavour=spec.api_flavour,
+            idle_timeout_s=spec.idle_timeout_s if self.default_idle_timeout is None
+            or "idle_timeout" in overrides else self.default_idle_timeout,
+            max_lifetime_s=spec.max_lifetime_s, owner=self.owner)
+        self.store.insert(session, "created", f"{spec.recipe} with {spec.backend} on {target}")
+        self._publish(session, "created")
+        siblings = tuple(s.handle for s in self.store.all(live_only=True)
+                         if s.target == target and s.handle and s.id != session.id)
+        req = LaunchRequest(session_id=session.id, name=session.name, spec=spec,
+                            workdir=self.session_dir(session), secrets=self._secrets(session),
+                            siblings=siblings)
+        try:
+            handle = await tgt.launch(req)
+        except HpcserveError as exc:
+            self._set(session, State.FAILED, exc.message, event="launch-failed")
+            raise
+        except Exception as exc:  # a target bug must still leave a consistent record
+            self._set(session, State.FAILED, f"launch failed: {exc}", event="launch-failed")
+            raise LaunchError(f"launch on {target!r} failed: {exc}") from exc
+        session.handle = handle
+        self._write(session, "launched", "submitted to the target")
+        self.wake()
+        return session
+
+    def session_dir(self, session: Session) -> Path:
+        path = self.home / "sessions" / session.id
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return path
+
+    def _secrets(self, session: Session) -> dict[str, str]:
+        return {"api_key": self.api_key(session)}
+
+    # ------------------------------------------------------------------ stop / keepalive
+
+    async def stop(self, key: str, reason: str = "stopped by user") -> Session:
+        """Stop a session; stopping a stopped session is a no-op that returns it."""
+        session = self.get(key)
+        if session.state.terminal:
+            return session
+        if session.state != State.STOPPING:
+            self._set(session, State.STOPPING, reason, event="stop")
+        if session.handle:
+            try:
+                await self.target(session.target).stop(session.handle)
+            except HpcserveError as exc:
+                session = self.store.get(session.id) or session
+                session.unreachable = True
+                self._write(session, "stop-error", exc.message)
+                raise
+        for _ in range(5):
+            session = self.store.get(session.id) or session
+            if not session.state.live:
+                break
+            try:
+                self._set(session, State.STOPPED, reason, event="stopped")
+                break
+            except StaleSession:
+                continue  # the monitor recorded the exit meanwhile; read it again
+        return session
+
+    def keepalive(self, key: str) -> Session:
+        session = self.get(key)
+        if session.state.terminal:
+            raise NotReady(f"session {session.name} is {session.state}; nothing to keep alive")
+        self.store.touch(session.id)
+        self.store.add_event(session, "keepalive")
+        return self.store.get(session.id) or session
+
+    def touch(self, session_id: str) -> None:
+        self.store.touch(session_id)
+
+    # ------------------------------------------------------------------ logs
+
+    async def logs(self, key: str, tail: int | None = 100) -> str:
+        session = self.get(key)
+        if not session.handle:
+            return session.log_tail
+        text, _ = await self.target(session.target).read_logs(session.handle, 0)
+        text = redact(text, [self.api_key(session)])
+        if tail:
+            text = "\n".join(text.splitlines()[-tail:])
+        return text
+
+    async def follow_logs(self, key: str, *, interval: float = 0.5,
+                          from_start: bool = True) -> AsyncIterator[str]:
+        """Log text as it is written, until the session ends."""
+        session = self.get(key)
+        if not session.handle:
+            return
+        tgt = self.target(session.target)
+        offset = 0
+        if not from_start:
+            _, offset = await tgt.read_logs(session.handle, 0)
+        key_ = self.api_key(session)
+        while True:
+            text, offset = await tgt.read_logs(session.handle, offset)
+            if text:
+                yield redact(text, [key_])
+                continue
+            current = self.store.get(session.id)
+            if current is None or current.state.terminal:
+                return
+            await asyncio.sleep(interval)
+
+    # ------------------------------------------------------------------ waiting
+
+    async def wait(self, key: str, *, timeout: float | None = None,
+                   progress: Callable[[Session], None] | None = None) -> Session:
+        """Until the session is ready (or ends); calls `progress` on every change and each tick."""
+        session = self.get(key)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if not self._monitor:
+                await self.tick()
+            session = self.store.get(session.id) or session
+            if progress:
+                progress(session)
+            if session.state == State.READY or session.state.terminal:
+                return session
+            if deadline and time.monotonic() > deadline:
+                raise NotReady(f"session {session.name} is still {session.state} after "
+                               f"{timeout:.0f} s", hint="wait longer, or check its logs")
+            await asyncio.sleep(min(self.poll_interval, 0.25))
+
+    # ------------------------------------------------------------------ monitor
+
+    def wake(self) -> None:
+        """Run the next full tick now (after a launch or stop) instead of at the interval."""
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # the loop must survive any one bad tick
+                log.exception("monitor tick failed")
+            deadline = time.monotonic() + self.poll_interval
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), min(left, self.probe_interval))
+                    break
+                except TimeoutError:
+                    pass
+                try:
+                    await self._probe_starting()
+                except Exception:
+                    log.exception("readiness probe failed")
+            self._wake.clear()
+
+    async def _probe_starting(self) -> None:
+        """Between full ticks, probe only starting engines, so `ready` is seen within
+        probe_interval of the engine answering without polling schedulers faster."""
+        starting = [s for s in self.store.all(live_only=True)
+                    if s.state == State.STARTING and s.endpoints and not s.unreachable]
+        for s in starting:
+            if await self._healthy(s):
+                with contextlib.suppress(StaleSession):
+                    self._set(s, State.READY, "serving", event="ready")
+
+    async def tick(self) -> None:
+        """One monitor pass: one batched poll per target, health probes, autostop."""
+        async with self._tick_lock:
+            self.ticks += 1
+            by_target: dict[str, list[Session]] = defaultdict(list)
+            for s in self.store.all(live_only=True):
+                if s.handle:
+                    by_target[s.target].append(s)
+                elif time.time() - s.created_at > 60:
+                    # A launch that never recorded its handle (manager killed mid-launch).
+                    self._set(s, State.FAILED, "the launch did not complete (manager stopped "
+                              "during launch)", event="launch-lost")
+            await asyncio.gather(*(self._poll_target(t, ss) for t, ss in by_target.items()))
+
+    async def _poll_target(self, target_name: str, sessions: list[Session]) -> None:
+        try:
+            tgt = self.target(target_name)
+            statuses = await tgt.poll({s.id: s.handle or {} for s in sessions})
+        except HpcserveError as exc:
+            statuses = {s.id: TargetStatus(Phase.UNREACHABLE, reason=exc.message) for s in sessions}
+        except Exception as exc:
+            log.exception("polling target %s failed", target_name)
+            statuses = {s.id: TargetStatus(Phase.UNREACHABLE, reason=str(exc)) for s in sessions}
+        await asyncio.gather(*(self._apply(s, statuses.get(s.id)) for s in sessions))
+
+    async def _apply(self, session: Session, status: TargetStatus | None) -> None:
+        if status is None:
+            return
+        # StaleSession: another writer moved it first; the next tick sees its result.
+        with contextlib.suppress(StaleSession):
+            await self._apply_status(session, status)
+
+    async def _apply_status(self, s: Session, st: TargetStatus) -> None:
+        if st.handle_update:
+            s.handle = {**(s.handle or {}), **st.handle_update}
+        if st.phase == Phase.UNREACHABLE:
+            if not s.unreachable:
+                s.unreachable = True
+                self._write(s, "unreachable", st.reason)
+            return
+        if s.unreachable:
+            s.unreachable = False
+            self._write(s, "reachable", "target answers again")
+        if st.endpoints is not None and st.endpoints != s.endpoints:
+            s.endpoints = st.endpoints
+            self._write(s)
+        if st.phase == Phase.PENDING:
+            if s.state == State.PENDING and st.reason and st.reason != s.reason:
+                self._set(s, State.PENDING, st.reason, event="queued")
+            return
+        if st.phase in (Phase.EXITED, Phase.STOPPED, Phase.TIMEOUT):
+            await self._ended(s, st)
+            return
+        if st.phase == Phase.STOPPING:
+            if s.state != State.STOPPING:
+                self._set(s, State.STOPPING, st.reason or "stopping", event="stopping")
+            return
+        # RUNNING: the health check decides between starting and ready.
+        await self._check_running(s)
+
+    async def _ended(self, s: Session, st: TargetStatus) -> None:
+        s.exit_code = st.exit_code
+        if st.log_tail:
+            s.log_tail = redact(st.log_tail, [self.api_key(s)])
+        if s.state == State.STOPPING or st.phase == Phase.STOPPED:
+            self._set(s, State.STOPPED, s.reason if s.state == State.STOPPING
+                      else st.reason or "stopped outside hpcserve", event="stopped")
+        elif st.phase == Phase.TIMEOUT:
+            self._set(s, State.TIMEOUT, st.reason or "time limit reached", event="timeout")
+        else:
+            self._set(s, State.FAILED, st.reason or "the engine ended", event="failed")
+
+    async def _check_running(self, s: Session) -> None:
+        now = time.time()
+        healthy = await self._healthy(s)
+        if s.state in (State.PENDING, State.STARTING):
+            if healthy:
+                self._set(s, State.READY, "serving", event="ready")
+            elif s.state == State.PENDING:
+                self._set(s, State.STARTING, "engine starting", event="starting")
+            elif now - s.created_at > self.start_timeout:
+                await self._give_up(s, f"the engine did not answer its health check within "
+                                    f"{self.start_timeout:.0f} s")
+            return
+        if s.state == State.READY:
+            await self._autostop(s, now)
+
+    async def _healthy(self, s: Session) -> bool:
+        if not s.endpoints:
+            return False
+        path = s.spec.get("health_path", "/health")
+        headers = {"Authorization": f"Bearer {self.api_key(s)}"}
+        try:
+            for url in s.endpoints:
+                r = await self._client().get(url + path, headers=headers)
+                if r.status_code >= 400:
+                    return False
+        except httpx.HTTPError:
+            return False
+        return True
+
+    async def _autostop(self, s: Session, now: float) -> None:
+        if s.max_lifetime_s and now - s.created_at >= s.max_lifetime_s:
+            await self._autostop_now(s, f"max lifetime of {s.max_lifetime_s} s reached (autostop)")
+        elif s.idle_timeout_s and now - s.last_activity >= s.idle_timeout_s:
+            await self._autostop_now(s, f"idle for {s.idle_timeout_s} s (autostop)")
+
+    async def _autostop_now(self, s: Session, reason: str) -> None:
+        try:
+            await self.stop(s.id, reason)
+        except HpcserveError as exc:
+            log.warning("autostop of %s failed: %s", s.id, exc.message)
+
+    async def _give_up(self, s: Session, reason: str) -> None:
+        tgt = self.target(s.target)
+        tail = ""
+        if s.handle:
+            with contextlib.suppress(HpcserveError):
+                await tgt.stop(s.handle)
+            text, _ = await tgt.read_logs(s.handle, 0)
+            tail = "\n".join(text.splitlines()[-40:])
+        s = self.store.get(s.id) or s
+        s.log_tail = redact(tail, [self.api_key(s)])
+        self._set(s, State.FAILED, reason, event="failed")
+
+    # ------------------------------------------------------------------ writes and events
+
+    def _set(self, s: Session, state: State, reason: str, *, event: str) -> None:
+        changed = s.transition(state, reason)
+        self._write(s, event, reason)
+        if changed:
+            self._publish(s, event)
+
+    def _write(self, s: Session, event: str | None = None, message: str = "") -> None:
+        self.store.update(s, event, message)
+        if event in ("unreachable", "reachable"):
+            self._publish(s, event)
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        self._subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
+        self._subscribers.discard(q)
+
+    def _publish(self, s: Session, kind: str) -> None:
+        event = {"type": kind, "session": s.public(), "ts": time.time()}
+        for q in list(self._subscribers):
+            try:
+                q.put_nowait(event)
+            except asyncio.QueueFull:
+                self._subscribers.discard(q)  # a consumer that stopped reading
+
+
+def _whoami() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"

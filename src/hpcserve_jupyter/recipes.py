@@ -1,0 +1,318 @@
+"""Recipes: what to serve (model, category, resources, replicas, env, engine args).
+
+A recipe never says where it runs. Built-in recipes ship inside the wheel; users add their own
+in `~/.config/hpcserve/recipes/` or directories listed in `HPCSERVE_RECIPES` (later wins).
+Validation errors name the file, the line, the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .durations import parse_duration, parse_size_mb
+from .errors import BadInput, NotFound, RecipeError, close_matches
+from .yamlfile import explain, line_of, load_with_lines
+
+NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ARG_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+Scalar = str | int | float | bool
+
+
+class Resources(BaseModel):
+    """Per-session resources. `gpus` counts GPUs per node."""
+
+    model_config = ConfigDict(extra="forbid")
+    nodes: int = Field(1, ge=1, le=1024)
+    gpus: int = Field(0, ge=0, le=64)
+    gpu_class: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    cpus: int = Field(2, ge=1, le=1024)
+    memory: str | int = "4G"
+    time: str | int = "1h"
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: str | int) -> str | int:
+        parse_size_mb(v)
+        return v
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, v: str | int) -> str | int:
+        parse_duration(v)
+        return v
+
+    @property
+    def memory_mb(self) -> int:
+        return parse_size_mb(self.memory)
+
+    @property
+    def time_s(self) -> int:
+        return parse_duration(self.time)
+
+
+class Replicas(BaseModel):
+    """How many engine copies one session runs: a count, or one per `gpu_per_replica` GPUs."""
+
+    model_config = ConfigDict(extra="forbid")
+    count: int = Field(1, ge=1, le=64)
+    gpu_per_replica: int | None = Field(None, ge=1, le=64)
+    base_port: int | None = Field(None, ge=1024, le=65535)
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME_RE)
+    description: str = ""
+    category: Literal["inference", "embedding", "vector-db"]
+    model: str | None = None
+    model_install_hint: str | None = None
+    served_model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$")
+    backends: list[str] = Field(min_length=1)
+    resources: Resources = Field(default_factory=Resources)
+    replicas: Replicas = Field(default_factory=Replicas)
+    env: dict[str, str] = Field(default_factory=dict)
+    engine_args: dict[str, dict[str, Scalar | list[Scalar] | None]] = Field(default_factory=dict)
+    health_path: str | None = Field(None, pattern=r"^/[A-Za-z0-9/._~-]*$")
+    images: dict[str, str] = Field(default_factory=dict)
+    idle_timeout: str | int | None = None
+    max_lifetime: str | int | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or any(c in v for c in "\n\r\0")):
+            raise ValueError("the model must be a hub id, a path or 'pkg:module/file'")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, val in v.items():
+            if not ENV_NAME_RE.match(k):
+                raise ValueError(f"{k!r} is not an environment variable name "
+                                 "([A-Za-z_][A-Za-z0-9_]*)")
+            if "\0" in str(val):
+                raise ValueError(f"the value of {k} contains a NUL byte")
+        return {k: str(val) for k, val in v.items()}
+
+    @field_validator("engine_args")
+    @classmethod
+    def _engine_args(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for backend, args in v.items():
+            for flag in args:
+                if not ARG_NAME_RE.match(flag):
+                    raise ValueError(
+                        f"engine_args.{backend}: {flag!r} is not a flag name; write it as the "
+                        "engine spells it, without leading dashes (e.g. max-model-len)")
+        return v
+
+    @field_validator("idle_timeout", "max_lifetime")
+    @classmethod
+    def _durations(cls, v: str | int | None) -> str | int | None:
+        if v is not None and v not in (0, "0", "off", "none"):
+            parse_duration(v)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        if self.category != "vector-db" and not self.model:
+            raise ValueError(f"a recipe of category {self.category!r} needs a model")
+        gpr = self.replicas.gpu_per_replica
+        if gpr is not None:
+            if self.resources.gpus == 0:
+                raise ValueError("replicas.gpu_per_replica needs resources.gpus > 0")
+            if self.resources.gpus % gpr:
+                raise ValueError(
+                    f"resources.gpus ({self.resources.gpus}) is not a multiple of "
+                    f"replicas.gpu_per_replica ({gpr})")
+        return self
+
+    @property
+    def default_backend(self) -> str:
+        return self.backends[0]
+
+    @property
+    def replica_count(self) -> int:
+        gpr = self.replicas.gpu_per_replica
+        if gpr:
+            return self.resources.gpus * self.resources.nodes // gpr
+        return self.replicas.count
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON model front ends list."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "category": self.category,
+            "model": self.model,
+            "backends": list(self.backends),
+            "resources": self.resources.model_dump(),
+            "replicas": self.replica_count,
+        }
+
+
+# ---------------------------------------------------------------- loading
+
+def _allowed_fields(loc: tuple[Any, ...]) -> str | None:
+    model: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return "allowed fields: " + ", ".join(model.model_fields)
+
+
+def validate_recipe(data: Any, *, path: str | None = None, root: Any = None) -> Recipe:
+    """Validate a parsed recipe, turning the first pydantic error into a RecipeError."""
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe must be a mapping of fields (name, category, model, ...)",
+                          path=path, line=1)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        hint = _allowed_fields(first["loc"]) if first["type"] == "extra_forbidden" else None
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise RecipeError(explain(first) + more, path=path,
+                          line=line_of(root, first["loc"]), hint=hint) from None
+
+
+def load_recipe_file(path: Path) -> Recipe:
+    data, root = load_with_lines(path)
+    return validate_recipe(data, path=str(path), root=root)
+
+
+def builtin_recipe_dir() -> Path:
+    """Inside the wheel: hpcserve_jupyter/recipes; in a source checkout: the top-level recipes/."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "recipes"
+    return packaged if packaged.is_dir() else here.parents[1] / "recipes"
+
+
+def recipe_dirs() -> list[Path]:
+    dirs = [builtin_recipe_dir(), Path("~/.config/hpcserve/recipes").expanduser()]
+    extra = os.environ.get("HPCSERVE_RECIPES", "")
+    dirs += [Path(p).expanduser() for p in extra.split(os.pathsep) if p.strip()]
+    return dirs
+
+
+class Catalog:
+    """All recipes by name; broken files are kept as errors so one typo hides nothing else."""
+
+    def __init__(self, dirs: list[Path] | None = None) -> None:
+        self.dirs = dirs if dirs is not None else recipe_dirs()
+        self.recipes: dict[str, Recipe] = {}
+        self.sources: dict[str, Path] = {}
+        self.errors: dict[Path, RecipeError] = {}
+        for d in self.dirs:
+            if not d.is_dir():
+                continue
+            for path in sorted([*d.glob("*.yaml"), *d.glob("*.yml")]):
+                try:
+                    recipe = load_recipe_file(path)
+                except RecipeError as exc:
+                    self.errors[path] = exc
+                    continue
+                self.recipes[recipe.name] = recipe
+                self.sources[recipe.name] = path
+
+    def names(self) -> list[str]:
+        return sorted(self.recipes)
+
+    def get(self, name: str) -> Recipe:
+        if name in self.recipes:
+            return self.recipes[name]
+        broken = [e for p, e in self.errors.items() if p.stem == name]
+        if broken:
+            raise broken[0]
+        raise NotFound(f"unknown recipe {name!r}", hint=close_matches(name, self.names()))
+
+
+# ---------------------------------------------------------------- per-launch overrides
+
+# Shortcut keys users type (`gpus=2`) and the recipe field each one sets.
+SHORTCUTS = {
+    "gpus": "resources.gpus",
+    "nodes": "resources.nodes",
+    "cpus": "resources.cpus",
+    "memory": "resources.memory",
+    "mem": "resources.memory",
+    "time": "resources.time",
+    "gpu_class": "resources.gpu_class",
+    "replicas": "replicas.count",
+    "gpu_per_replica": "replicas.gpu_per_replica",
+    "port": "replicas.base_port",
+    "model": "model",
+    "served_model_name": "served_model_name",
+    "idle_timeout": "idle_timeout",
+    "max_lifetime": "max_lifetime",
+    "health_path": "health_path",
+}
+_TYPED_TOP = {"env", "engine_args", "images"}
+
+
+def _scalar(text: Any) -> Any:
+    """Engine args typed on a command line: 'true' -> True, '4096' -> 4096, else the string."""
+    if not isinstance(text, str):
+        return text
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any], backend: str) -> Recipe:
+    """Merge `key=value` overrides into a copy of the recipe and validate it again.
+
+    Keys are shortcuts (gpus, time, replicas, port, ...) or dotted recipe paths
+    (resources.cpus, env.HF_HOME, engine_args.max-model-len for the chosen backend).
+    """
+    data = copy.deepcopy(recipe.model_dump(exclude_none=False))
+    for raw_key, value in overrides.items():
+        key = SHORTCUTS.get(raw_key, raw_key)
+        parts = key.split(".")
+        if parts[0] == "engine_args" and len(parts) == 2:
+            parts = ["engine_args", backend, parts[1]]
+            value = _scalar(value)
+        elif parts[0] == "engine_args" and len(parts) == 3:
+            value = _scalar(value)
+        top = parts[0]
+        if top not in Recipe.model_fields or top in ("name", "backends"):
+            raise BadInput(
+                f"unknown override {raw_key!r}",
+                hint="use one of " + ", ".join(sorted(SHORTCUTS))
+                + ", or a dotted recipe field such as resources.cpus, env.NAME, engine_args.FLAG")
+        if top not in _TYPED_TOP and len(parts) > 2:
+            raise BadInput(f"unknown override {raw_key!r}: {key} is too deep")
+        node = data
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        given = {SHORTCUTS.get(k, k): k for k in overrides}
+        shown = given.get(loc, loc)
+        raise BadInput(f"invalid override {shown}={err.get('input')!r}: "
+                       f"{err['msg'].removeprefix('Value error, ')}") from None

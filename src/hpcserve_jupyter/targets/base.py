@@ -1,0 +1,96 @@
+"""The Target contract: where a ServeSpec runs. A target never knows which engine it runs.
+
+It receives argv/env/ports/resources (a ServeSpec plus per-session secrets) and returns a
+JSON handle (pid, job id, pod id...) that the session store keeps, so a restarted manager can
+poll, stop and read logs of the same process, job or pod.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..spec import API_KEY, ServeSpec
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    session_id: str
+    name: str
+    spec: ServeSpec
+    workdir: Path  # the session's local directory (logs for local targets, copies of remote files)
+    secrets: Mapping[str, str] = field(repr=False, default_factory=dict)
+    # Handles of this target's other live sessions, so a target can avoid their GPUs and ports.
+    siblings: tuple[Mapping[str, Any], ...] = ()
+
+    def secret_env(self) -> dict[str, str]:
+        """The environment variables the engine reads its secrets from (never persisted)."""
+        return {env: self.secrets[key] for env, key in self.spec.secret_env if key in self.secrets}
+
+    def placeholder_values(self) -> dict[str, str]:
+        values = {}
+        if "api_key" in self.secrets:
+            values[API_KEY] = self.secrets["api_key"]
+        return values
+
+
+class Phase(StrEnum):
+    """What a target can tell about a handle; the manager turns it into a session state."""
+
+    PENDING = "pending"  # queued (SLURM PENDING, pod REQUESTED...)
+    RUNNING = "running"  # the engine process runs; health decides starting vs ready
+    STOPPING = "stopping"
+    EXITED = "exited"  # ended by itself: exit_code and log_tail say why
+    STOPPED = "stopped"  # ended by a stop request or cancelled outside the tool
+    TIMEOUT = "timeout"  # the scheduler's time limit ended it
+    UNREACHABLE = "unreachable"  # the target did not answer: state unknown, not failed
+
+
+@dataclass
+class TargetStatus:
+    phase: Phase
+    reason: str = ""
+    exit_code: int | None = None
+    log_tail: str | None = None
+    endpoints: list[str] | None = None  # base URLs, one per replica, once known
+    handle_update: dict[str, Any] | None = None  # merged into the stored handle
+
+
+class Target:
+    """Base class of targets; subclasses implement the async methods below."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
+        self.name = name
+        self.config = dict(config or {})
+
+    async def launch(self, req: LaunchRequest) -> dict[str, Any]:
+        """Start the engine(s); return the handle. Raise LaunchError/BadInput with a reason."""
+        raise NotImplementedError
+
+    async def poll(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, TargetStatus]:
+        """Status of many sessions in one batched call (one squeue / list_pods per tick)."""
+        raise NotImplementedError
+
+    async def stop(self, handle: Mapping[str, Any]) -> None:
+        """Stop the engine(s); idempotent, returns once they are gone (or the grace ran out)."""
+        raise NotImplementedError
+
+    async def read_logs(self, handle: Mapping[str, Any], offset: int = 0) -> tuple[str, int]:
+        """Log text from byte `offset` on and the new offset, for tail and follow."""
+        raise NotImplementedError
+
+    async def endpoints(self, handle: Mapping[str, Any]) -> list[str]:
+        """Base URLs the client can reach from here (tunnel ends for remote targets)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release connections and tunnels; never stops sessions."""
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON model front ends list (no secrets)."""
+        return {"name": self.name, "kind": self.kind}

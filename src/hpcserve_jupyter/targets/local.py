@@ -1,0 +1,288 @@
+"""The local target: engines run as child processes of this machine, one process group each.
+
+Each replica runs under `local_runner` (which records the exit code) in its own process group
+and session, so it outlives the manager and a stop signals the whole group. A restarted manager
+recognises its processes by pid *and* start time, and never signals a pid that was reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import BadInput, LaunchError, RecipeError
+from ..spec import HOST, PORT, PYTHON, render_argv
+from . import gpus as gpu_inventory
+from .base import LaunchRequest, Phase, Target, TargetStatus
+
+SESSION_MARK = "HPCSERVE_SESSION_ID"
+LOG_TAIL_LINES = 40
+
+
+class LocalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    python: str | None = Field(None, description="interpreter for Python engines (default: ours)")
+    host: str = Field("127.0.0.1", description="address engines listen on")
+    gpus: list[str | int] | None = Field(None, description="GPU ids; default: nvidia-smi's list")
+    gpu_classes: dict[str, list[str | int]] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    stop_grace: float = Field(10.0, ge=0, le=600, description="seconds between SIGTERM and SIGKILL")
+
+
+def tail_lines(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last lines of a log file (reads at most 64 KiB)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 65536))
+            data = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def same_process(pid: int, create_time: float) -> psutil.Process | None:
+    """The live process with this pid and start time, or None (gone, zombie, or pid reused)."""
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) > 0.05 or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def group_members(pgid: int, session_id: str) -> list[psutil.Process]:
+    """Processes still in the replica's group that carry our session mark (orphans to end)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) != pgid or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get(SESSION_MARK) == session_id:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+class LocalTarget(Target):
+    kind = "local"
+
+    def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
+        config = dict(config or {})
+        source = config.pop("_source", (None, None))
+        super().__init__(name, config)
+        try:
+            self.settings = LocalConfig.model_validate(config)
+        except ValidationError as exc:
+            from ..yamlfile import explain
+
+            raise RecipeError(f"target {name!r}: {explain(exc.errors()[0])}", path=source[0],
+                              line=source[1]) from None
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._allocator: gpu_inventory.GpuAllocator | None = None
+
+    # ------------------------------------------------------------------ launch
+
+    def allocator(self) -> gpu_inventory.GpuAllocator:
+        if self._allocator is None:
+            inventory = self.settings.gpus
+            found = ([str(g) for g in inventory] if inventory is not None
+                     else gpu_inventory.discover())
+            self._allocator = gpu_inventory.GpuAllocator(found, self.settings.gpu_classes,
+                                                         self.name)
+        return self._allocator
+
+    def _ports(self, count: int, base: int | None) -> list[int]:
+        host = self.settings.host
+        if base is None:
+            return [free_port(host) for _ in range(count)]
+        ports = list(range(base, base + count))
+        busy = [p for p in ports if p > 65535 or not port_is_free(host, p)]
+        if busy:
+            raise LaunchError(f"port {busy[0]} on {host} is already in use",
+                              hint="choose another port (port=N), or leave it out to pick "
+                              "a free one")
+        return ports
+
+    def _program(self, argv: list[str]) -> None:
+        exe = argv[0]
+        ok = os.access(exe, os.X_OK) if os.sep in exe else shutil.which(exe) is not None
+        if not ok:
+            raise LaunchError(f"the engine program {exe!r} was not found on this machine",
+                              hint="install the engine, or set `python:` in the target's config "
+                              "to an environment that has it")
+
+    async def launch(self, req: LaunchRequest) -> dict[str, Any]:
+        spec = req.spec
+        if spec.nodes > 1:
+            raise BadInput(f"the local target runs on one node; this launch asks for {spec.nodes}",
+                           hint="launch on a cluster target, or with nodes=1")
+        busy = [g for h in req.siblings for r in h.get("replicas", []) for g in r.get("gpus", [])]
+        gpus = self.allocator().allocate(spec.gpus, busy, spec.gpu_class) if spec.gpus else []
+        ports = self._ports(spec.replicas, spec.base_port)
+        python = self.settings.python or sys.executable
+        req.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        replicas: list[dict[str, Any]] = []
+        try:
+            for i, port in enumerate(ports):
+                mine = gpus[i * spec.gpus_per_replica:(i + 1) * spec.gpus_per_replica]
+                values = {PORT: str(port), HOST: self.settings.host, PYTHON: python,
+                          **req.placeholder_values()}
+                argv = render_argv(spec, values)
+                self._program(argv)
+                replicas.append(self._spawn(req, i, argv, port, mine))
+        except BaseException:
+            await self.stop({"replicas": replicas, "session_id": req.session_id})
+            raise
+        return {"session_id": req.session_id, "host": self.settings.host, "replicas": replicas}
+
+    def _spawn(self, req: LaunchRequest, index: int, argv: list[str], port: int,
+               gpus: list[str]) -> dict[str, Any]:
+        suffix = "" if index == 0 else f"-{index}"
+        log_path = req.workdir / f"engine{suffix}.log"
+        exit_file = req.workdir / f"exit{suffix}"
+        exit_file.unlink(missing_ok=True)
+        env = {**os.environ, **self.settings.env, **req.spec.env_dict(), **req.secret_env(),
+               SESSION_MARK: req.session_id, "PYTHONUNBUFFERED": "1"}
+        if gpus or req.spec.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        runner = [sys.executable, "-m", "hpcserve_jupyter.targets.local_runner",
+                  str(exit_file), "--", *argv]
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            proc = subprocess.Popen(runner, stdin=subprocess.DEVNULL, stdout=fd,
+                                    stderr=subprocess.STDOUT, cwd=req.workdir, env=env,
+                                    start_new_session=True)
+        finally:
+            os.close(fd)
+        self._children[proc.pid] = proc
+        return {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(),
+                "port": port, "gpus": gpus, "log": str(log_path), "exit_file": str(exit_file)}
+
+    # ------------------------------------------------------------------ status
+
+    def _reap(self) -> None:
+        for pid, proc in list(self._children.items()):
+            if proc.poll() is not None:
+                del self._children[pid]
+
+    def _replica_status(self, rep: Mapping[str, Any]) -> TargetStatus | None:
+        """None while the replica runs; otherwise how it ended."""
+        if same_process(rep["pid"], rep["create_time"]):
+            return None
+        code: int | None = None
+        with contextlib.suppress(OSError, ValueError):
+            code = int(Path(rep["exit_file"]).read_text().strip())
+        if code is None:
+            reason = "the engine process disappeared (killed)"
+        elif code < 0:
+            reason = f"the engine was killed by signal {signal.Signals(-code).name}"
+        else:
+            reason = f"the engine exited with code {code}"
+        return TargetStatus(Phase.EXITED, reason=reason, exit_code=code,
+                            log_tail=tail_lines(Path(rep["log"])))
+
+    async def poll(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, TargetStatus]:
+        self._reap()
+        out: dict[str, TargetStatus] = {}
+        for sid, handle in handles.items():
+            ended = [s for s in map(self._replica_status, handle.get("replicas", [])) if s]
+            if ended:
+                out[sid] = ended[0]
+            else:
+                out[sid] = TargetStatus(Phase.RUNNING, endpoints=self._urls(handle))
+        return out
+
+    def _urls(self, handle: Mapping[str, Any]) -> list[str]:
+        host = handle.get("host", "127.0.0.1")
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return [f"http://{host}:{r['port']}" for r in handle.get("replicas", [])]
+
+    async def endpoints(self, handle: Mapping[str, Any]) -> list[str]:
+        return self._urls(handle)
+
+    # ------------------------------------------------------------------ stop and logs
+
+    async def stop(self, handle: Mapping[str, Any]) -> None:
+        replicas = list(handle.get("replicas", []))
+        sid = str(handle.get("session_id", ""))
+        for rep in replicas:
+            if same_process(rep["pid"], rep["create_time"]):
+                _signal_group(rep["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.stop_grace
+        while time.monotonic() < deadline:
+            self._reap()
+            if not any(same_process(r["pid"], r["create_time"]) for r in replicas):
+                break
+            await asyncio.sleep(0.1)
+        for rep in replicas:
+            if same_process(rep["pid"], rep["create_time"]):
+                _signal_group(rep["pid"], signal.SIGKILL)
+            # Engine children left behind by a killed runner: same group, same session mark.
+            for orphan in await asyncio.to_thread(group_members, rep["pid"], sid):
+                with contextlib.suppress(psutil.Error):
+                    orphan.kill()
+        await asyncio.sleep(0)
+        self._reap()
+
+    async def read_logs(self, handle: Mapping[str, Any], offset: int = 0) -> tuple[str, int]:
+        replicas = handle.get("replicas") or []
+        if not replicas:
+            return "", offset
+        path = Path(replicas[0]["log"])
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(1 << 20)
+        except FileNotFoundError:
+            return "", offset
+        return data.decode("utf-8", "replace"), offset + len(data)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        try:
+            info["gpus"] = self.allocator().inventory
+        except LaunchError:
+            info["gpus"] = []
+        info["gpu_classes"] = self.allocator().classes if info["gpus"] else {}
+        return info
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
