@@ -12,9 +12,17 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .durations import parse_duration, parse_size_mb
 from .errors import BadInput, NotFound, RecipeError, close_matches
@@ -24,6 +32,16 @@ NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ARG_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 Scalar = str | int | float | bool
+
+
+def _flag_name(flag: str) -> str:
+    if not ARG_NAME_RE.match(flag):
+        raise ValueError(f"{flag!r} is not a flag name; write it as the engine spells it, "
+                         "without leading dashes (e.g. max-model-len)")
+    return flag
+
+
+FlagName = Annotated[str, AfterValidator(_flag_name)]
 
 
 class Resources(BaseModel):
@@ -79,7 +97,8 @@ class Recipe(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     replicas: Replicas = Field(default_factory=Replicas)
     env: dict[str, str] = Field(default_factory=dict)
-    engine_args: dict[str, dict[str, Scalar | list[Scalar] | None]] = Field(default_factory=dict)
+    engine_args: dict[str, dict[FlagName, Scalar | list[Scalar] | None]] = Field(
+        default_factory=dict)
     health_path: str | None = Field(None, pattern=r"^/[A-Za-z0-9/._~-]*$")
     images: dict[str, str] = Field(default_factory=dict)
     idle_timeout: str | int | None = None
@@ -103,17 +122,6 @@ class Recipe(BaseModel):
                 raise ValueError(f"the value of {k} contains a NUL byte")
         return {k: str(val) for k, val in v.items()}
 
-    @field_validator("engine_args")
-    @classmethod
-    def _engine_args(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        for backend, args in v.items():
-            for flag in args:
-                if not ARG_NAME_RE.match(flag):
-                    raise ValueError(
-                        f"engine_args.{backend}: {flag!r} is not a flag name; write it as the "
-                        "engine spells it, without leading dashes (e.g. max-model-len)")
-        return v
-
     @field_validator("idle_timeout", "max_lifetime")
     @classmethod
     def _durations(cls, v: str | int | None) -> str | int | None:
@@ -129,10 +137,11 @@ class Recipe(BaseModel):
         if gpr is not None:
             if self.resources.gpus == 0:
                 raise ValueError("replicas.gpu_per_replica needs resources.gpus > 0")
-            if self.resources.gpus % gpr:
+            gpus, nodes = self.resources.gpus, self.resources.nodes
+            if (gpus * nodes) % gpr or (gpr > gpus and gpr % gpus):
                 raise ValueError(
-                    f"resources.gpus ({self.resources.gpus}) is not a multiple of "
-                    f"replicas.gpu_per_replica ({gpr})")
+                    f"replicas.gpu_per_replica ({gpr}) must divide the GPUs of one node "
+                    f"(resources.gpus = {gpus}) or be a whole number of nodes' GPUs")
         return self
 
     @property
@@ -311,8 +320,10 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any], backend: str) 
         return Recipe.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        loc = ".".join(str(p) for p in err["loc"] if p != "[key]")
+        if not loc:  # a rule across fields
+            raise BadInput(f"invalid overrides: {msg}") from None
         given = {SHORTCUTS.get(k, k): k for k in overrides}
-        shown = given.get(loc, loc)
-        raise BadInput(f"invalid override {shown}={err.get('input')!r}: "
-                       f"{err['msg'].removeprefix('Value error, ')}") from None
+        raise BadInput(f"invalid override {given.get(loc, loc)}={err.get('input')!r}: "
+                       f"{msg}") from None

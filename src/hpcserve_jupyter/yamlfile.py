@@ -45,7 +45,8 @@ def line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
 
 def explain(err: dict[str, Any]) -> str:
     """One pydantic error as 'field.path: what is wrong'."""
-    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+    loc = ".".join(str(p) for p in err["loc"]
+                   if not str(p).startswith("function-") and p != "[key]")
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown field"

@@ -1,0 +1,42 @@
+"""SGLang's OpenAI-compatible server (`python -m sglang.launch_server`).
+
+Flags checked against python/sglang/srt/server_args.py (sgl-project/sglang) and
+docs.sglang.io/advanced_features/server_arguments: --model-path, --served-model-name, --host,
+--port, --api-key, --tp-size, --pp-size and --is-embedding; booleans are bare store_true flags and
+list options take their values after one flag (argparse nargs). SGLang reads its API key only from
+--api-key, so the key placeholder goes on the command line. GET /health runs a one-token generation
+in current releases (the same handler as /health_generate), so it answers once the model serves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..spec import API_KEY, HOST, PORT, PYTHON
+from .base import Backend, Context
+
+
+class SGLang(Backend):
+    name = "sglang"
+    categories = frozenset({"inference", "embedding"})
+    health_path = "/health"
+    default_image = "lmsysorg/sglang:latest"
+    supports_api_key = True
+
+    def argv(self, ctx: Context) -> list[str]:
+        # An embedding recipe needs the causal LM served as an embedding model; engine_args can
+        # still turn it off (`is-embedding: false`).
+        args: dict[str, Any] = {"is-embedding": True} if ctx.recipe.category == "embedding" else {}
+        args.update(ctx.args_for(self.name))
+        argv = [
+            PYTHON, "-m", "sglang.launch_server",
+            "--model-path", str(ctx.model),
+            "--served-model-name", ctx.served_model_name,
+            "--host", HOST, "--port", PORT,
+            "--api-key", API_KEY,
+        ]
+        if ctx.tensor_parallel > 1:
+            argv += ["--tp-size", str(ctx.tensor_parallel)]
+        if ctx.pipeline_parallel > 1:
+            argv += ["--pp-size", str(ctx.pipeline_parallel)]
+        return argv + self.flags(args)

@@ -1,0 +1,47 @@
+"""Hugging Face Text Generation Inference (`text-generation-launcher`).
+
+Flags checked against launcher/src/main.rs and docs/source/reference/launcher.md of
+huggingface/text-generation-inference: --model-id, --hostname, --port, --num-shard; booleans are
+bare clap flags (--trust-remote-code) and list options take one value per occurrence. Every launcher
+flag can also come from an environment variable; API_KEY sets --api-key, which keeps the key off
+the launcher's command line, and USAGE_STATS=off stops usage reporting. The launcher has no
+served-model-name flag (huggingface/text-generation-inference#3064 proposing one is not merged),
+no pipeline parallelism and no multi-node mode. GET /health is the router's health check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..spec import HOST, PORT
+from .base import Backend, Context
+
+
+class TGI(Backend):
+    name = "tgi"
+    health_path = "/health"
+    default_image = "ghcr.io/huggingface/text-generation-inference:latest"
+    api_key_env = "API_KEY"
+    supports_api_key = True
+
+    def argv(self, ctx: Context) -> list[str]:
+        argv = [
+            "text-generation-launcher",
+            "--model-id", str(ctx.model),
+            "--hostname", HOST, "--port", PORT,
+        ]
+        if ctx.tensor_parallel > 1:
+            argv += ["--num-shard", str(ctx.tensor_parallel)]
+        return argv + self.flags(ctx.args_for(self.name))
+
+    def env(self, ctx: Context) -> dict[str, str]:
+        # Compute nodes must not phone home.
+        return {"USAGE_STATS": "off"}
+
+    def flags(self, args: dict[str, Any]) -> list[str]:
+        """clap takes one value per occurrence, so a list repeats its flag."""
+        out: list[str] = []
+        for key, value in args.items():
+            for item in value if isinstance(value, list) else [value]:
+                out += super().flags({key: item})
+        return out

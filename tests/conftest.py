@@ -1,0 +1,35 @@
+"""Shared fixtures. Every test gets its own state directory and target file (no user config)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HPCSERVE_HOME, the targets file and the user recipe dir all point into tmp_path."""
+    home = tmp_path / "hpcserve-home"
+    monkeypatch.setenv("HPCSERVE_HOME", str(home))
+    monkeypatch.setenv("HPCSERVE_TARGETS", str(tmp_path / "targets.yaml"))
+    monkeypatch.setenv("HPCSERVE_RECIPES", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    return home
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path):
+    """Run the real `hpcserve` console script in a subprocess with the test's environment."""
+    exe = Path(sys.executable).with_name("hpcserve")
+
+    def run(*args: str, timeout: float = 120, input: str | None = None):
+        return subprocess.run([str(exe), *args], capture_output=True, text=True,
+                              timeout=timeout, env=dict(os.environ), input=input)
+
+    return run
