@@ -30,7 +30,9 @@ class VLLM(Backend):
         if ctx.tensor_parallel > 1:
             argv += ["--tensor-parallel-size", str(ctx.tensor_parallel)]
         if ctx.pipeline_parallel > 1:
-            argv += ["--pipeline-parallel-size", str(ctx.pipeline_parallel)]
+            # Across nodes vLLM runs its workers on a Ray cluster the target starts.
+            argv += ["--pipeline-parallel-size", str(ctx.pipeline_parallel),
+                     "--distributed-executor-backend", "ray"]
         return argv + self.flags(ctx.args_for(self.name))
 
     def env(self, ctx: Context) -> dict[str, str]:

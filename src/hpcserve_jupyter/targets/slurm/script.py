@@ -1,0 +1,243 @@
+"""Build the sbatch script of a session: readable, every user value quoted, nothing injected.
+
+The script starts one engine per replica on the allocated node(s), each on a free port with its
+own CUDA_VISIBLE_DEVICES slice, writes `endpoint.json` (node and ports) once every engine
+listens, and exits with the status of the first engine that ends, stopping the others.
+Multi-node replicas use a Ray cluster (head on the first node, workers through srun), which
+is how vLLM spans nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ...durations import format_duration
+from ...spec import API_KEY, HOST, PORT, PYTHON, ServeSpec
+
+# How each placeholder is written inside the job script.
+SHELL_VALUES = {PORT: "${PORT}", HOST: "${BIND_HOST}", PYTHON: "${HPCSERVE_PYTHON}",
+                API_KEY: "${HPCSERVE_API_KEY}"}
+JOB_NAME_RE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Target settings that shape the job (validated by the target's config model)."""
+
+    workdir: str  # absolute remote directory of this session
+    python: str = "python3"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    reservation: str | None = None
+    constraint: str | None = None
+    sbatch_extra: tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()
+    container_runtime: str | None = None  # apptainer | singularity | None
+    container_image: str | None = None
+    container_binds: tuple[str, ...] = ()
+    gpu_request: str = "gres"  # gres -> --gres=gpu:N ; gpus-per-node -> --gpus-per-node=N
+    env: tuple[tuple[str, str], ...] = ()
+    bind_host: str = "0.0.0.0"
+    multinode: str = "ray"
+
+
+def shell_word(arg: str) -> str:
+    """One argv element as a shell word: literal text single-quoted, placeholders expanded."""
+    parts = re.split("(" + "|".join(re.escape(t) for t in SHELL_VALUES) + ")", arg)
+    out = []
+    for part in parts:
+        if part in SHELL_VALUES:
+            out.append(f'"{SHELL_VALUES[part]}"')
+        elif part:
+            out.append(shlex.quote(part))
+    return "".join(out) or "''"
+
+
+def sbatch_value(value: str, what: str) -> str:
+    """#SBATCH lines are parsed by sbatch, not a shell: refuse what would break out of them."""
+    if any(c in value for c in "\n\r\0") or not value.strip():
+        raise ValueError(f"{what} must be one non-empty line")
+    if not re.fullmatch(r"[A-Za-z0-9_.,:@%+=/&|()\[\]*!-]+", value):
+        raise ValueError(f"{what} {value!r} contains characters SLURM does not accept there")
+    return value
+
+
+def job_name(name: str, session_id: str) -> str:
+    return f"hpcserve-{JOB_NAME_RE.sub('_', name)[:40]}-{session_id}"
+
+
+def header(spec: ServeSpec, opts: JobOptions, name: str, session_id: str) -> list[str]:
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={job_name(name, session_id)}"]
+    for flag, value in (("partition", opts.partition), ("account", opts.account),
+                        ("qos", opts.qos), ("reservation", opts.reservation),
+                        ("constraint", opts.constraint)):
+        if value:
+            lines.append(f"#SBATCH --{flag}={sbatch_value(value, flag)}")
+    lines += [f"#SBATCH --nodes={spec.nodes}", "#SBATCH --ntasks-per-node=1",
+              f"#SBATCH --cpus-per-task={spec.cpus}", f"#SBATCH --mem={spec.memory_mb}M",
+              f"#SBATCH --time={format_duration(spec.time_s)}"]
+    if spec.gpus:
+        if opts.gpu_request == "gpus-per-node":
+            lines.append(f"#SBATCH --gpus-per-node={spec.gpus}")
+        else:
+            lines.append(f"#SBATCH --gres=gpu:{spec.gpus}")
+    out = sbatch_value(opts.workdir, "workdir") + "/slurm-%j.out"
+    lines += [f"#SBATCH --output={out}", f"#SBATCH --error={out}"]
+    for extra in opts.sbatch_extra:
+        if "\n" in extra or not extra.startswith("--"):
+            raise ValueError(f"extra #SBATCH option {extra!r} must be one line starting with --")
+        lines.append("#SBATCH " + " ".join(sbatch_value(w, "extra #SBATCH option")
+                                          for w in extra.split()))
+    return lines
+
+
+def engine_command(spec: ServeSpec, opts: JobOptions) -> str:
+    words = [shell_word(a) for a in spec.argv]
+    if opts.container_runtime and opts.container_image:
+        prefix = [opts.container_runtime, "exec"]
+        if spec.gpus:
+            prefix.append("--nv")
+        for bind in opts.container_binds:
+            prefix += ["--bind", bind]
+        prefix.append(opts.container_image)
+        words = [shlex.quote(w) for w in prefix] + words
+    return " ".join(words)
+
+
+def build(spec: ServeSpec, opts: JobOptions, *, name: str, session_id: str,
+          secret_env: Sequence[str] = ()) -> str:
+    """The whole sbatch script. `secret_env` names variables read from the 0600 secrets file."""
+    lines = header(spec, opts, name, session_id)
+    lines += ["# Generated by hpcserve-jupyter. Values from recipes and configs are quoted.",
+              "set -uo pipefail", f"WORKDIR={shlex.quote(opts.workdir)}", 'cd "$WORKDIR"']
+    for module in opts.modules:
+        lines.append(f"module load {shlex.quote(module)}")
+    env = {**dict(opts.env), **spec.env_dict()}
+    for key, value in sorted(env.items()):
+        lines.append(f"export {key}={shlex.quote(value)}")
+    lines += [f"export HPCSERVE_PYTHON={shlex.quote(opts.python)}",
+              f"export HPCSERVE_SESSION_ID={shlex.quote(session_id)}",
+              f"BIND_HOST={shlex.quote(opts.bind_host)}"]
+    # Secrets come from a file only the user can read, never from the script text.
+    lines.append('if [ -f "$WORKDIR/secrets.env" ]; then set -a; . "$WORKDIR/secrets.env"; '
+                 "set +a; fi")
+    for var, key in spec.secret_env:
+        lines.append(f'export {var}="${{{secret_var(key)}:-}}"')
+    lines += _gpu_slices(spec)
+    lines += _runtime(spec, opts)
+    return "\n".join(lines) + "\n"
+
+
+def _gpu_slices(spec: ServeSpec) -> list[str]:
+    if not spec.gpus or spec.nodes > 1:
+        return ["GPU_SLICES=()"]
+    per = spec.gpus_per_replica or spec.gpus
+    return [
+        "# This job's GPUs, split into one slice per replica.",
+        'IFS=, read -r -a ALL_GPUS <<< "${CUDA_VISIBLE_DEVICES:-}"',
+        "GPU_SLICES=()",
+        f"for ((r = 0; r < {spec.replicas}; r++)); do",
+        f'  GPU_SLICES+=("$(IFS=,; echo "${{ALL_GPUS[*]:$((r * {per})):{per}}}")")',
+        "done",
+    ]
+
+
+def _runtime(spec: ServeSpec, opts: JobOptions) -> list[str]:
+    cmd = engine_command(spec, opts)
+    base = "" if spec.base_port is None else str(spec.base_port)
+    lines = [
+        f"REPLICAS={spec.replicas}",
+        f"BASE_PORT={base}",
+        "NODE=$(hostname)",
+        "free_port() {",
+        '  "$HPCSERVE_PYTHON" -c \'import socket; s = socket.socket(); s.bind(("", 0)); '
+        "print(s.getsockname()[1])'",
+        "}",
+        "PROBE='import socket, sys; "
+        "socket.create_connection((\"127.0.0.1\", int(sys.argv[1])), 1)'",
+        "PIDS=()",
+        "PORTS=()",
+        "stop_all() { for p in \"${PIDS[@]}\"; do kill -TERM \"$p\" 2>/dev/null; done; }",
+        "trap 'stop_all; wait; exit 143' TERM INT",
+    ]
+    if spec.nodes > 1:
+        lines += _ray_head(opts)
+    lines += [
+        'for ((r = 0; r < REPLICAS; r++)); do',
+        '  if [ -n "$BASE_PORT" ]; then PORT=$((BASE_PORT + r)); else PORT=$(free_port); fi',
+        '  PORTS+=("$PORT")',
+        '  LOG="$WORKDIR/engine.log"; [ "$r" -gt 0 ] && LOG="$WORKDIR/engine-$r.log"',
+        "  (",
+        '    if [ "${#GPU_SLICES[@]}" -gt 0 ]; then',
+        '      export CUDA_VISIBLE_DEVICES="${GPU_SLICES[$r]}"',
+        "    fi",
+        '    echo "hpcserve: replica $r on $NODE:$PORT"'
+        ' "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-}"',
+        f"    exec {cmd}",
+        '  ) >> "$LOG" 2>&1 &',
+        '  PIDS+=("$!")',
+        "done",
+        "# Publish the endpoint once every engine listens (or give up if one dies first).",
+        "(",
+        '  for port in "${PORTS[@]}"; do',
+        '    until "$HPCSERVE_PYTHON" -c "$PROBE" "$port" 2>/dev/null; do sleep 0.5; done',
+        "  done",
+        '  PORT_LIST=$(IFS=,; echo "${PORTS[*]}")',
+        '  printf \'{"node": "%s", "ports": [%s]}\\n\' "$NODE" "$PORT_LIST" \\',
+        '    > "$WORKDIR/endpoint.json.tmp"',
+        '  mv "$WORKDIR/endpoint.json.tmp" "$WORKDIR/endpoint.json"',
+        ") &",
+        "WATCHER=$!",
+        "# Wait for the first engine to end (portable: no `wait -n PID` before bash 5.1).",
+        "CODE=",
+        'while [ -z "$CODE" ]; do',
+        '  for p in "${PIDS[@]}"; do',
+        '    if ! kill -0 "$p" 2>/dev/null; then wait "$p"; CODE=$?; break; fi',
+        "  done",
+        '  [ -z "$CODE" ] && sleep 1',
+        "done",
+        'echo "hpcserve: an engine exited with code $CODE; stopping the others"',
+        "kill \"$WATCHER\" 2>/dev/null",
+        "stop_all",
+        "wait",
+        'echo "$CODE" > "$WORKDIR/exit_code"',
+        "exit \"$CODE\"",
+    ]
+    return lines
+
+
+def _ray_head(opts: JobOptions) -> list[str]:
+    """Multi-node: a Ray head on this (first) node, one worker per other node through srun."""
+    return [
+        "# Multi-node: Ray head here, workers on the other nodes (vLLM spans nodes over Ray).",
+        'HEAD_IP=$(hostname -I | awk \'{print $1}\')',
+        "RAY_PORT=$(free_port)",
+        'RAY="$(dirname "$HPCSERVE_PYTHON")/ray"; [ -x "$RAY" ] || RAY=ray',
+        '"$RAY" start --head --node-ip-address="$HEAD_IP" --port="$RAY_PORT" --block &',
+        "PIDS+=(\"$!\")",
+        "sleep 5",
+        'srun --nodes=$((SLURM_JOB_NUM_NODES - 1)) --ntasks-per-node=1 --exclude="$NODE" '
+        '"$RAY" start --address="$HEAD_IP:$RAY_PORT" --block &',
+        "PIDS+=(\"$!\")",
+        "sleep 5",
+    ]
+
+
+def secret_var(key: str) -> str:
+    """The variable a secret travels in inside the job: api_key -> HPCSERVE_API_KEY."""
+    return "HPCSERVE_" + re.sub(r"[^A-Z0-9]", "_", key.upper())
+
+
+def parse_endpoint(text: str) -> tuple[str, list[int]]:
+    data = json.loads(text)
+    return str(data["node"]), [int(p) for p in data["ports"]]
+
+
+def secrets_file(values: Mapping[str, str]) -> str:
+    """The secrets.env the job sources: shell-quoted assignments, written with mode 0600."""
+    return "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(values.items()))

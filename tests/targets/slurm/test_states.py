@@ -1,0 +1,43 @@
+from hpcserve_jupyter.targets.base import Phase
+from hpcserve_jupyter.targets.slurm.states import parse_sacct, parse_squeue
+
+SQUEUE = """\
+101|PENDING|Priority|
+102|PENDING|Resources|
+103|RUNNING|None|node17
+104|COMPLETING|None|node17
+105|CANCELLED|None|node17
+106|FAILED|NonZeroExitCode|node3
+107|TIMEOUT|TimeLimit|node3
+108_4|RUNNING|None|node2
+"""
+
+SACCT = """\
+106|FAILED|1:0|
+106.batch|FAILED|1:0|
+107|TIMEOUT|0:0|
+109|CANCELLED by 1001|0:15|
+110|OUT_OF_MEMORY|0:125|
+111|NODE_FAIL|0:0|
+"""
+
+
+def test_squeue_states_map_to_phases_with_reasons():
+    jobs = parse_squeue(SQUEUE)
+    assert jobs["101"].phase == Phase.PENDING and jobs["101"].describe() == "PENDING: Priority"
+    assert jobs["102"].describe() == "PENDING: Resources"
+    assert jobs["103"].phase == Phase.RUNNING and jobs["103"].nodes == "node17"
+    assert jobs["104"].phase == Phase.STOPPING
+    assert jobs["105"].phase == Phase.STOPPED and jobs["105"].ended
+    assert jobs["106"].phase == Phase.EXITED
+    assert jobs["107"].phase == Phase.TIMEOUT
+    assert "108" in jobs
+
+
+def test_sacct_gives_exit_codes_and_skips_steps():
+    jobs = parse_sacct(SACCT)
+    assert set(jobs) == {"106", "107", "109", "110", "111"}
+    assert jobs["106"].exit_code == 1 and "exit code 1" in jobs["106"].describe()
+    assert jobs["109"].state == "CANCELLED" and jobs["109"].phase == Phase.STOPPED
+    assert jobs["110"].phase == Phase.EXITED and "out of memory" in jobs["110"].describe()
+    assert "node failed" in jobs["111"].describe()
