@@ -19,6 +19,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HPCSERVE_HOME", str(home))
     monkeypatch.setenv("HPCSERVE_TARGETS", str(tmp_path / "targets.yaml"))
     monkeypatch.setenv("HPCSERVE_RECIPES", "")
+    (tmp_path / "user").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
     return home
 

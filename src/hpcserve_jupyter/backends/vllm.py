@@ -36,5 +36,9 @@ class VLLM(Backend):
         return argv + self.flags(ctx.args_for(self.name))
 
     def env(self, ctx: Context) -> dict[str, str]:
-        # Engines must never reach for the hub from a compute node without being told to.
-        return {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        env = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        if not ctx.recipe.resources.gpus:
+            # The CPU build otherwise reserves 92 % of the node's memory for its KV cache and
+            # refuses to start beside anything else; give it a quarter of the session's memory.
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, ctx.recipe.resources.memory_mb // 4096))
+        return env

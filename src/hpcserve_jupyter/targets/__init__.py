@@ -23,6 +23,8 @@ from ..errors import BadInput, NotFound, RecipeError, close_matches
 GROUP = "hpcserve_jupyter.targets"
 BUILTIN = {
     "local": "hpcserve_jupyter.targets.local:LocalTarget",
+    "slurm": "hpcserve_jupyter.targets.slurm.target:SlurmTarget",
+    "tapis-pods": "hpcserve_jupyter.targets.tapis.target:TapisPodsTarget",
 }
 
 

@@ -84,14 +84,26 @@ def same_process(pid: int, create_time: float) -> psutil.Process | None:
         return None
 
 
-def group_members(pgid: int, session_id: str) -> list[psutil.Process]:
-    """Processes still in the replica's group that carry our session mark (orphans to end)."""
+def group_members(pgid: int, create_time: float, session_id: str) -> list[psutil.Process]:
+    """Processes left in a replica's group after its runner died (orphans to end).
+
+    While any member lives, Linux does not hand the group's id out as a new pid, so with the
+    leader gone every member is ours. If a live leader has another start time, the id was
+    reused after our group ended: nothing there is ours. Engines that rename themselves
+    (setproctitle) hide their environment, so the session mark is a hint, not a requirement.
+    """
+    leader = None
+    with contextlib.suppress(psutil.Error):
+        leader = psutil.Process(pgid)
+    if leader is not None and abs(leader.create_time() - create_time) > 0.05:
+        return []
     found = []
     for proc in psutil.process_iter(["pid"]):
         try:
             if os.getpgid(proc.pid) != pgid or proc.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if proc.environ().get(SESSION_MARK) == session_id:
+            if proc.create_time() + 0.05 >= create_time or \
+                    proc.environ().get(SESSION_MARK) == session_id:
                 found.append(proc)
         except (psutil.Error, OSError):
             continue
@@ -254,7 +266,8 @@ class LocalTarget(Target):
             if same_process(rep["pid"], rep["create_time"]):
                 _signal_group(rep["pid"], signal.SIGKILL)
             # Engine children left behind by a killed runner: same group, same session mark.
-            for orphan in await asyncio.to_thread(group_members, rep["pid"], sid):
+            for orphan in await asyncio.to_thread(group_members, rep["pid"],
+                                                  rep["create_time"], sid):
                 with contextlib.suppress(psutil.Error):
                     orphan.kill()
         await asyncio.sleep(0)

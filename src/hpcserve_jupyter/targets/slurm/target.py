@@ -1,0 +1,342 @@
+"""The SLURM target: sessions are batch jobs, reached over SSH (or run on the cluster itself).
+
+Per monitor tick it runs one `squeue` for all of a cluster's jobs and, only when some job
+left the queue or ended, one `sacct` for those. Endpoints are published by the job itself
+(`endpoint.json`, read over SFTP) and reached through a local SSH tunnel, or directly when
+hpcserve runs on the cluster (`host: local`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import posixpath
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ...errors import BadInput, HpcserveError, LaunchError, RecipeError, TargetUnreachable
+from ..base import LaunchRequest, Phase, Target, TargetStatus
+from . import script
+from .ssh import LocalShell, RemoteCommandError, Shell, SSHSettings, shared_connection
+from .states import SACCT_FIELDS, SQUEUE_FORMAT, JobInfo, parse_sacct, parse_squeue
+
+LOG_TAIL_BYTES = 16384
+UNREACHABLE_HINTS = ("Unable to contact slurm controller", "Socket timed out",
+                     "Connection refused", "Zero Bytes were transmitted")
+
+
+class Container(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    runtime: Literal["apptainer", "singularity"] | None = None
+    image: str | None = Field(None, description="image path or URI; default: the recipe's")
+    binds: list[str] = Field(default_factory=list)
+
+
+class SlurmConfig(BaseModel):
+    """targets.yaml settings of a `kind: slurm` target."""
+
+    model_config = ConfigDict(extra="forbid")
+    host: str = Field(description="login node (an ~/.ssh/config alias works), or 'local'")
+    user: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    key: str | None = Field(None, description="private key file")
+    key_passphrase_env: str | None = Field(
+        None, description="environment variable holding the key's passphrase")
+    key_passphrase_file: str | None = None
+    jump: str | None = Field(None, description="ProxyJump: [user@]host[:port][,...]")
+    known_hosts: str | None = None
+    trust_on_first_use: bool = False
+    ssh_config: str | None = "~/.ssh/config"
+    use_agent: bool = True
+    login_shell: bool = Field(False, description="run commands under bash -l (module load)")
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    reservation: str | None = None
+    constraint: str | None = None
+    sbatch_extra: list[str] = Field(default_factory=list)
+    modules: list[str] = Field(default_factory=list)
+    container: Container = Field(default_factory=Container)
+    workdir: str = Field("~/.hpcserve", description="remote directory for session files")
+    python: str = Field("python3", description="remote interpreter for Python engines")
+    env: dict[str, str] = Field(default_factory=dict)
+    gpu_request: Literal["gres", "gpus-per-node"] = "gres"
+    accounting: Literal["auto", "sacct", "jobcomp", "none"] = "auto"
+    bind_host: str = "0.0.0.0"
+    command_timeout: float = Field(60.0, gt=0)
+    stop_timeout: float = Field(30.0, gt=0, description="seconds to wait for scancel to finish")
+
+
+class SlurmTarget(Target):
+    kind = "slurm"
+
+    def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
+        config = dict(config or {})
+        source = config.pop("_source", (None, None))
+        super().__init__(name, config)
+        try:
+            self.settings = SlurmConfig.model_validate(config)
+        except ValidationError as exc:
+            from ...yamlfile import explain
+
+            raise RecipeError(f"target {name!r}: {explain(exc.errors()[0])}", path=source[0],
+                              line=source[1]) from None
+        self._shell: Shell | None = None
+        self._base: str | None = None
+        self._accounting = self.settings.accounting
+
+    # ------------------------------------------------------------------ plumbing
+
+    def shell(self) -> Shell:
+        if self._shell is None:
+            s = self.settings
+            if s.host == "local":
+                self._shell = LocalShell()
+            else:
+                passphrase = os.environ.get(s.key_passphrase_env) if s.key_passphrase_env else None
+                self._shell = shared_connection(SSHSettings(
+                    host=s.host, port=s.port, user=s.user, key_file=s.key,
+                    key_passphrase=passphrase, key_passphrase_file=s.key_passphrase_file,
+                    use_agent=s.use_agent, proxy_jump=s.jump, known_hosts_file=s.known_hosts,
+                    trust_on_first_use=s.trust_on_first_use, ssh_config_file=s.ssh_config))
+        return self._shell
+
+    def _run(self, argv: list[str], **kw: Any) -> Any:
+        kw.setdefault("timeout", self.settings.command_timeout)
+        return self.shell().run(argv, login_shell=self.settings.login_shell, **kw)
+
+    def _scheduler(self, argv: list[str]) -> str:
+        """A SLURM command whose failure to reach slurmctld means 'unreachable', not 'failed'."""
+        try:
+            return self._run(argv).stdout
+        except RemoteCommandError as exc:
+            text = exc.stderr + exc.stdout
+            if any(h in text for h in UNREACHABLE_HINTS):
+                raise TargetUnreachable(f"the SLURM controller of {self.name!r} does not answer: "
+                                        f"{text.strip()[-300:]}") from None
+            raise
+
+    def base_dir(self) -> str:
+        if self._base is None:
+            wd = self.settings.workdir
+            if wd.startswith("~"):
+                home = self.shell().home() if self.settings.host != "local" else \
+                    os.path.expanduser("~")
+                wd = home + wd[1:]
+            self._base = posixpath.normpath(wd)
+        return self._base
+
+    # ------------------------------------------------------------------ launch
+
+    def job_options(self, spec_image: str | None, workdir: str) -> script.JobOptions:
+        s = self.settings
+        return script.JobOptions(
+            workdir=workdir, python=s.python, partition=s.partition, account=s.account,
+            qos=s.qos, reservation=s.reservation, constraint=s.constraint,
+            sbatch_extra=tuple(s.sbatch_extra), modules=tuple(s.modules),
+            container_runtime=s.container.runtime,
+            container_image=s.container.image or spec_image, container_binds=tuple(
+                s.container.binds), gpu_request=s.gpu_request, env=tuple(sorted(s.env.items())),
+            bind_host=s.bind_host)
+
+    def render(self, req: LaunchRequest, workdir: str) -> str:
+        try:
+            return script.build(req.spec, self.job_options(req.spec.image, workdir),
+                                name=req.name, session_id=req.session_id)
+        except ValueError as exc:
+            raise BadInput(f"target {self.name!r}: {exc}",
+                           hint="fix the value in targets.yaml or the launch overrides") from None
+
+    async def launch(self, req: LaunchRequest) -> dict[str, Any]:
+        return await asyncio.to_thread(self._launch, req)
+
+    def _launch(self, req: LaunchRequest) -> dict[str, Any]:
+        if not re.fullmatch(r"[a-f0-9]{4,32}", req.session_id):
+            raise BadInput(f"invalid session id {req.session_id!r}")
+        workdir = posixpath.join(self.base_dir(), "sessions", req.session_id)
+        text = self.render(req, workdir)  # bad values fail here, before anything remote
+        self._run(["mkdir", "-p", workdir])
+        self._run(["chmod", "700", workdir])
+        secrets = {script.secret_var(k): v for k, v in req.secrets.items()}
+        self.shell().write_file(posixpath.join(workdir, "secrets.env"),
+                                script.secrets_file(secrets), mode=0o600)
+        job_file = posixpath.join(workdir, "job.sh")
+        self.shell().write_file(job_file, text, mode=0o700)
+        try:
+            out = self._scheduler(["sbatch", "--parsable", f"--chdir={workdir}", job_file])
+        except RemoteCommandError as exc:
+            raise LaunchError(f"sbatch refused the job on {self.name!r}: "
+                              f"{(exc.stderr or exc.stdout).strip()[-500:]}",
+                              hint="check partition, account, qos and resources "
+                              "(sbatch --test-only shows why)") from None
+        job_id = out.strip().split(";")[0]
+        if not job_id.isdigit():
+            raise LaunchError(f"sbatch answered {out.strip()!r} instead of a job id")
+        return {"job_id": job_id, "workdir": workdir, "session_id": req.session_id,
+                "job_name": script.job_name(req.name, req.session_id)}
+
+    # ------------------------------------------------------------------ poll
+
+    async def poll(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, TargetStatus]:
+        if not handles:
+            return {}
+        return await asyncio.to_thread(self._poll, handles)
+
+    def _poll(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, TargetStatus]:
+        queue = parse_squeue(self._scheduler(
+            ["squeue", "--noheader", "--states=all", "--me", f"--format={SQUEUE_FORMAT}"]))
+        wanted = {sid: str(h.get("job_id")) for sid, h in handles.items()}
+        gone = [j for j in wanted.values() if j not in queue or queue[j].ended]
+        finished = self._accounting_info(gone) if gone else {}
+        out: dict[str, TargetStatus] = {}
+        for sid, job_id in wanted.items():
+            handle = handles[sid]
+            info = finished.get(job_id) or queue.get(job_id)
+            try:
+                out[sid] = self._status(handle, info)
+            except TargetUnreachable as exc:
+                out[sid] = TargetStatus(Phase.UNREACHABLE, reason=exc.message)
+        return out
+
+    def _accounting_info(self, job_ids: list[str]) -> dict[str, JobInfo]:
+        """One sacct call for the jobs that ended or left the queue (exit codes, reasons)."""
+        if self._accounting == "none":
+            return {}
+        base = ["sacct", "-P", "-n", "-o", SACCT_FIELDS, "-j", ",".join(job_ids)]
+        if self._accounting in ("auto", "sacct"):
+            try:
+                return parse_sacct(self._scheduler(base))
+            except RemoteCommandError as exc:
+                if "accounting storage is disabled" not in exc.stderr + exc.stdout:
+                    raise
+                self._accounting = "jobcomp"  # no slurmdbd: the job completion log instead
+        try:
+            return parse_sacct(self._scheduler([*base[:1], "-c", *base[1:]]))
+        except RemoteCommandError:
+            return {}
+
+    def _status(self, handle: Mapping[str, Any], info: JobInfo | None) -> TargetStatus:
+        if info is None:
+            code = self._exit_code_file(handle)
+            return TargetStatus(Phase.EXITED, reason="the job is no longer known to SLURM",
+                                exit_code=code, log_tail=self._log_tail(handle))
+        phase = info.phase
+        if phase == Phase.PENDING:
+            return TargetStatus(Phase.PENDING, reason=info.describe())
+        if phase == Phase.RUNNING:
+            update = None
+            if "ports" not in handle:
+                published = self._read_endpoint(handle)
+                if published is None:
+                    return TargetStatus(Phase.RUNNING, reason=f"running on {info.nodes}")
+                update = {"node": published[0], "ports": published[1]}
+                handle = {**handle, **update}
+            return TargetStatus(Phase.RUNNING, endpoints=self._urls(handle),
+                                handle_update=update)
+        if phase == Phase.STOPPING:
+            return TargetStatus(Phase.STOPPING, reason=f"job {info.state.lower()}")
+        self._close_tunnels(handle)
+        exit_code = info.exit_code if info.exit_code is not None else \
+            self._exit_code_file(handle)
+        return TargetStatus(phase, reason=info.describe(), exit_code=exit_code,
+                            log_tail=self._log_tail(handle))
+
+    def _read_endpoint(self, handle: Mapping[str, Any]) -> tuple[str, list[int]] | None:
+        try:
+            text = self.shell().read_file(posixpath.join(handle["workdir"], "endpoint.json"))
+        except OSError:  # not written yet (a lost connection raises SSHUnreachable instead)
+            return None
+        return script.parse_endpoint(text.decode())
+
+    def _exit_code_file(self, handle: Mapping[str, Any]) -> int | None:
+        try:
+            return int(self.shell().read_file(
+                posixpath.join(handle["workdir"], "exit_code")).decode().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _log_tail(self, handle: Mapping[str, Any]) -> str:
+        """The end of the engine log, and of the job's own output (module load errors...)."""
+        parts = []
+        for name in ("engine.log", f"slurm-{handle.get('job_id')}.out"):
+            path = posixpath.join(handle["workdir"], name)
+            try:
+                size = self.shell().stat(path).size
+                data = self.shell().read_file(path, max(0, size - LOG_TAIL_BYTES))
+            except OSError:
+                continue
+            lines = data.decode("utf-8", "replace").splitlines()[-30:]
+            if lines:
+                parts.append(f"--- {name} ---\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+    # ------------------------------------------------------------------ endpoints
+
+    def _urls(self, handle: Mapping[str, Any]) -> list[str]:
+        node, ports = handle["node"], handle["ports"]
+        if self.settings.host == "local":
+            return [f"http://{node}:{p}" for p in ports]
+        urls = []
+        for port in ports:
+            host, local_port = self.shell().open_tunnel(node, int(port))
+            urls.append(f"http://{host}:{local_port}")
+        return urls
+
+    async def endpoints(self, handle: Mapping[str, Any]) -> list[str]:
+        if "ports" not in handle:
+            return []
+        return await asyncio.to_thread(self._urls, handle)
+
+    def _close_tunnels(self, handle: Mapping[str, Any]) -> None:
+        if self.settings.host == "local" or "ports" not in handle or self._shell is None:
+            return
+        for port in handle["ports"]:
+            self.shell().close_tunnel(handle["node"], int(port))
+
+    # ------------------------------------------------------------------ stop and logs
+
+    async def stop(self, handle: Mapping[str, Any]) -> None:
+        await asyncio.to_thread(self._stop, handle)
+        deadline = asyncio.get_running_loop().time() + self.settings.stop_timeout
+        while asyncio.get_running_loop().time() < deadline:
+            status = (await self.poll({"s": handle}))["s"]
+            if status.phase not in (Phase.RUNNING, Phase.PENDING, Phase.STOPPING):
+                return
+            await asyncio.sleep(0.5)
+        raise HpcserveError(f"job {handle.get('job_id')} is still in the queue "
+                            f"{self.settings.stop_timeout:g} s after scancel",
+                            hint="check it with squeue; hpcserve stop can be repeated")
+
+    def _stop(self, handle: Mapping[str, Any]) -> None:
+        job_id = str(handle.get("job_id", ""))
+        if not job_id.isdigit():
+            return
+        try:
+            self._scheduler(["scancel", job_id])
+        except RemoteCommandError as exc:
+            if "Invalid job id" not in exc.stderr and "already completing" not in exc.stderr:
+                raise
+        self._close_tunnels(handle)
+
+    async def read_logs(self, handle: Mapping[str, Any], offset: int = 0) -> tuple[str, int]:
+        return await asyncio.to_thread(self._read_logs, handle, offset)
+
+    def _read_logs(self, handle: Mapping[str, Any], offset: int) -> tuple[str, int]:
+        path = posixpath.join(handle["workdir"], "engine.log")
+        try:
+            data = self.shell().read_file(path, offset, 1 << 20)
+        except OSError:  # the job has not started writing yet
+            return "", offset
+        return data.decode("utf-8", "replace"), offset + len(data)
+
+    async def close(self) -> None:
+        # The SSH connection is shared by every target of the same cluster: leave it open.
+        self._shell = None
+
+    def describe(self) -> dict[str, Any]:
+        s = self.settings
+        return {**super().describe(), "host": s.host, "partition": s.partition,
+                "account": s.account, "gpus": []}
