@@ -440,10 +440,12 @@ class SessionManager:
         tgt = self.target(s.target)
         tail = ""
         if s.handle:
+            # Logs first: a target may delete its resources (and their logs) on stop.
+            with contextlib.suppress(HpcserveError):
+                text, _ = await tgt.read_logs(s.handle, 0)
+                tail = "\n".join(text.splitlines()[-40:])
             with contextlib.suppress(HpcserveError):
                 await tgt.stop(s.handle)
-            text, _ = await tgt.read_logs(s.handle, 0)
-            tail = "\n".join(text.splitlines()[-40:])
         s = self.store.get(s.id) or s
         s.log_tail = redact(tail, [self.api_key(s)])
         self._set(s, State.FAILED, reason, event="failed")
@@ -451,6 +453,7 @@ class SessionManager:
     # ------------------------------------------------------------------ writes and events
 
     def _set(self, s: Session, state: State, reason: str, *, event: str) -> None:
+        reason = redact(reason, [self.api_key(s)])  # engines may echo their arguments
         changed = s.transition(state, reason)
         self._write(s, event, reason)
         if changed:

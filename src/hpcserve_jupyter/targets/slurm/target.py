@@ -12,6 +12,7 @@ import asyncio
 import os
 import posixpath
 import re
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -87,6 +88,7 @@ class SlurmTarget(Target):
         self._shell: Shell | None = None
         self._base: str | None = None
         self._accounting = self.settings.accounting
+        self.scheduler_calls: Counter[str] = Counter()  # per command name, for benchmarks
 
     # ------------------------------------------------------------------ plumbing
 
@@ -110,6 +112,7 @@ class SlurmTarget(Target):
 
     def _scheduler(self, argv: list[str]) -> str:
         """A SLURM command whose failure to reach slurmctld means 'unreachable', not 'failed'."""
+        self.scheduler_calls[argv[0]] += 1
         try:
             return self._run(argv).stdout
         except RemoteCommandError as exc:

@@ -1,0 +1,329 @@
+"""The Tapis Pods target (FlexServ-style deployments): one session = one pod + one volume.
+
+launch   create_volume (model files, `volume_size_mb`), then create_pod running the spec's argv
+         (see deploy.py). Anything failing after the volume exists deletes what was created
+         (the pod too, if create_pod may have gone through): no orphans. Bad ids, resources or
+         config fail before the first call.
+poll     ONE list_pods per tick for all of the target's sessions (states.py maps statuses); a
+         pod missing from the list is confirmed with get_pod, and a 404 means it was deleted
+         outside hpcserve (its own volume is then deleted too). Pods that ended without our
+         stop (ERROR, COMPLETE, time_to_stop, stopped in the Tapis UI) give their logs as the
+         log tail and are then deleted with their own volume, since the session is over and
+         nothing would ever clean them up (`delete_ended: false` keeps them for debugging;
+         `keep_volume` keeps the volume).
+stop     stop_pod (the engine gets SIGTERM), wait up to `stop_timeout` for STOPPED, then
+         delete_pod and delete_volume: stop ends all of the session's resources, as the
+         Target contract asks (`keep_volume: true` keeps the volume, a shared `volume_id` is
+         never deleted). A pod already gone is fine: stop is idempotent.
+logs     get_pod_logs (the whole text; offsets are cut locally). After stop deleted the pod,
+         the logs read just before the delete are served from memory.
+endpoint `endpoint_template` (default `https://{url}`, where url is the API's networking url,
+         `<pod_id>.pods.<tenant host>` or `<pod_id>-<key>.pods...`); fields {url}, {pod_id},
+         {key}, {tenant_host}. A site behind a gateway or a local tunnel/proxy sets e.g.
+         `http://127.0.0.1:8080/{pod_id}` (which is how the tests reach the stand-in's pods).
+
+Errors: a timeout, refused connection or 5xx is TargetUnreachable during polls (state unknown,
+not failed) and LaunchError during a launch; 400 is BadInput with the service's message; 401
+(after one token refresh) and 403 are TapisAuthError (a BadInput) with a hint; 404 on a pod is
+"the pod is gone".
+
+The handle holds ids only (deployment_id, pod_id, volume_id, volume_owned, url, port):
+no token, password or key, so it can be stored and a restarted manager re-attaches by pod id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from ...errors import HpcserveError, LaunchError, RecipeError, TargetUnreachable
+from ...secrets import redact
+from ..base import LaunchRequest, Phase, Target, TargetStatus
+from . import deploy, states
+from .client import PodsApi
+from .config import TapisPodsConfig
+from .errors import TapisNotFound
+
+log = logging.getLogger(__name__)
+LOG_TAIL_LINES = 40
+ENDED_MEMORY = 256  # pods that ended and were deleted: statuses and logs kept in memory
+FINAL_LOG_BYTES = 1 << 20
+
+
+class TapisPodsTarget(Target):
+    kind = "tapis-pods"
+
+    def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
+        config = dict(config or {})
+        source = config.pop("_source", (None, None))
+        try:
+            self.settings = TapisPodsConfig.model_validate(config)
+        except ValidationError as exc:
+            from ...yamlfile import explain
+
+            raise RecipeError(f"target {name!r}: {explain(exc.errors()[0])}", path=source[0],
+                              line=source[1]) from None
+        super().__init__(name, self.settings.model_dump())
+        self.api = PodsApi(self.settings)
+        self._final_logs: dict[str, str] = {}  # pod id -> logs read just before deleting it
+        self._ended: dict[str, TargetStatus] = {}  # pod id -> how it ended (cleaned up)
+        self._stopping: set[str] = set()  # pods our stop() is ending (poll leaves them alone)
+
+    def __repr__(self) -> str:
+        return f"TapisPodsTarget({self.name!r}, {self.settings.base_url!r})"
+
+    # ------------------------------------------------------------------ launch
+
+    async def launch(self, req: LaunchRequest) -> dict[str, Any]:
+        plan = deploy.plan(req, self.settings)  # bad input fails here, before any call
+        return await asyncio.to_thread(self._launch, req, plan)
+
+    def _launch(self, req: LaunchRequest, plan: deploy.Plan) -> dict[str, Any]:
+        ids = plan.ids
+        step, volume_created = "volume", False
+        try:
+            if plan.volume_owned:
+                self.api.create_volume(plan.volume)
+                volume_created = True
+            else:
+                self._ensure_shared_volume(plan)
+            step = "pod"
+            created = self.api.create_pod(plan.pod, plan.secrets)
+        except HpcserveError as exc:
+            # No answer or a 5xx: the service may have created the object anyway.
+            maybe = isinstance(exc, TargetUnreachable)
+            pod = ids.pod if step == "pod" and maybe else None
+            volume = ids.volume if plan.volume_owned and (
+                volume_created or (step == "volume" and maybe)) else None
+            leftovers = self._undo(pod, volume)
+            msg = redact(exc.message, list(plan.secrets))
+            if leftovers:
+                msg += f" (and could not delete {leftovers}: delete it in the Tapis UI or API)"
+            if not maybe:
+                err = type(exc).__new__(type(exc))  # same class (BadInput, TapisAuthError...)
+                HpcserveError.__init__(err, msg, hint=exc.hint)
+                raise err from None
+            unsure = " and ".join(f"{kind} {name}" for kind, name in
+                                  (("pod", pod), ("volume", volume)) if name)
+            raise LaunchError(msg, hint="the Pods API did not answer or failed; try again later. "
+                              f"{unsure} was deleted again, but if the service creates it late, "
+                              "delete it in the Tapis UI or API") from None
+        networking = (created or {}).get("networking") or {}
+        stanza = networking.get(self.settings.networking_key) or {}
+        url = stanza.get("url") if isinstance(stanza, dict) else None
+        log.info("launched pod %s (volume %s) on %s", ids.pod, ids.volume, self.name)
+        return {"deployment_id": ids.deployment, "pod_id": ids.pod, "volume_id": ids.volume,
+                "volume_owned": plan.volume_owned, "session_id": req.session_id,
+                "networking_key": self.settings.networking_key, "port": self.settings.port,
+                "url": url or plan.url}
+
+    def _ensure_shared_volume(self, plan: deploy.Plan) -> None:
+        try:
+            self.api.get_volume(plan.ids.volume)
+        except TapisNotFound:
+            self.api.create_volume(plan.volume)
+
+    def _undo(self, pod_id: str | None, volume_id: str | None) -> str:
+        """Delete what a failed launch created; returns what could not be deleted."""
+        left = []
+        if pod_id:
+            try:
+                self.api.delete_pod(pod_id)
+            except TapisNotFound:
+                pass
+            except HpcserveError as exc:
+                log.warning("could not delete pod %s after a failed launch: %s", pod_id,
+                            exc.message)
+                left.append(f"pod {pod_id}")
+        if volume_id and not self._delete_volume(volume_id, deadline=time.monotonic() + 10):
+            left.append(f"volume {volume_id}")
+        return " and ".join(left)
+
+    # ------------------------------------------------------------------ poll
+
+    async def poll(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, TargetStatus]:
+        if not handles:
+            return {}
+        return await asyncio.to_thread(self._poll, handles)
+
+    def _poll(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, TargetStatus]:
+        listed = {p.get("pod_id"): p for p in self.api.list_pods() if isinstance(p, dict)}
+        out: dict[str, TargetStatus] = {}
+        for sid, handle in handles.items():
+            try:
+                out[sid] = self._status(handle, listed.get(handle.get("pod_id")))
+            except TargetUnreachable as exc:
+                out[sid] = TargetStatus(Phase.UNREACHABLE, reason=exc.message)
+        return out
+
+    def _status(self, handle: Mapping[str, Any], pod: dict[str, Any] | None) -> TargetStatus:
+        pod_id = str(handle.get("pod_id", ""))
+        if pod is None:
+            if pod_id in self._ended:
+                return self._ended[pod_id]
+            try:
+                pod = self.api.get_pod(pod_id)  # not listed: make sure before calling it gone
+            except TapisNotFound:
+                return self._gone(handle)
+        st = states.phase_of(pod)
+        if st.phase == Phase.RUNNING and str(pod.get("status")).upper() == "AVAILABLE":
+            st.endpoints = self._urls(handle, pod)
+        elif st.phase in (Phase.EXITED, Phase.TIMEOUT, Phase.STOPPED) and \
+                pod_id not in self._stopping:
+            st.log_tail = self._tail(pod_id)
+            detail = states.container_detail(pod)
+            if detail and detail not in st.log_tail:
+                st.log_tail = f"{st.log_tail}\n--- pod status ---\n{detail}".lstrip("\n")
+            self._cleanup_ended(handle, st)
+        return st
+
+    def _gone(self, handle: Mapping[str, Any]) -> TargetStatus:
+        pod_id = str(handle.get("pod_id"))
+        if pod_id in self._stopping:
+            return TargetStatus(Phase.STOPPED, reason=f"pod {pod_id} deleted")
+        reason = f"pod {pod_id} no longer exists (deleted outside hpcserve)"
+        if self._owned_volume(handle):
+            if self._delete_volume(str(handle["volume_id"]), deadline=time.monotonic() + 5):
+                reason += f"; its volume {handle['volume_id']} was deleted"
+            else:
+                reason += f"; its volume {handle['volume_id']} is left: delete it yourself"
+        st = TargetStatus(Phase.STOPPED, reason=reason, log_tail=self._final_logs.get(pod_id))
+        self._remember(pod_id, st)
+        return st
+
+    def _cleanup_ended(self, handle: Mapping[str, Any], st: TargetStatus) -> None:
+        """A pod that ended by itself: logs are read, now delete it (and its own volume)."""
+        if not self.settings.delete_ended:
+            return
+        pod_id = str(handle.get("pod_id"))
+        try:
+            self.api.delete_pod(pod_id)
+        except TapisNotFound:
+            pass
+        except HpcserveError as exc:
+            log.warning("could not delete ended pod %s: %s", pod_id, exc.message)
+            return
+        if self._owned_volume(handle) and not self._delete_volume(
+                str(handle["volume_id"]), deadline=time.monotonic() + 5):
+            st.reason += f"; its volume {handle['volume_id']} is left: delete it yourself"
+        self._remember(pod_id, st)
+
+    def _keep_logs(self, pod_id: str, text: str) -> None:
+        self._final_logs.pop(pod_id, None)
+        self._final_logs[pod_id] = text[-FINAL_LOG_BYTES:]
+        while len(self._final_logs) > ENDED_MEMORY:
+            self._final_logs.pop(next(iter(self._final_logs)))
+
+    def _remember(self, pod_id: str, st: TargetStatus) -> None:
+        self._ended[pod_id] = st
+        while len(self._ended) > ENDED_MEMORY:
+            self._ended.pop(next(iter(self._ended)))
+
+    def _owned_volume(self, handle: Mapping[str, Any]) -> bool:
+        return bool(handle.get("volume_owned") and handle.get("volume_id")
+                    and not self.settings.keep_volume)
+
+    def _tail(self, pod_id: str) -> str:
+        try:
+            text = self.api.pod_logs(pod_id)
+            self._keep_logs(pod_id, text)  # the pod may be deleted next (delete_ended)
+        except TapisNotFound:
+            text = self._final_logs.get(pod_id, "")
+        return "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
+
+    # ------------------------------------------------------------------ endpoints
+
+    def _urls(self, handle: Mapping[str, Any], pod: Mapping[str, Any] | None = None) -> list[str]:
+        key = str(handle.get("networking_key") or self.settings.networking_key)
+        url = handle.get("url")
+        if pod is not None:
+            stanza = (pod.get("networking") or {}).get(key)
+            if isinstance(stanza, dict) and stanza.get("url"):
+                url = stanza["url"]
+        pod_id = str(handle.get("pod_id"))
+        assert self.settings.tenant_host is not None
+        url = url or deploy.pod_url(pod_id, key, self.settings.tenant_host)
+        url = str(url).removeprefix("https://").removeprefix("http://")
+        return [self.settings.endpoint_template.format(
+            url=url, pod_id=pod_id, key=key, tenant_host=self.settings.tenant_host).rstrip("/")]
+
+    async def endpoints(self, handle: Mapping[str, Any]) -> list[str]:
+        return self._urls(handle) if handle.get("pod_id") else []
+
+    # ------------------------------------------------------------------ stop
+
+    async def stop(self, handle: Mapping[str, Any]) -> None:
+        if handle.get("pod_id"):
+            await asyncio.to_thread(self._stop, handle)
+
+    def _stop(self, handle: Mapping[str, Any]) -> None:
+        pod_id = str(handle["pod_id"])
+        deadline = time.monotonic() + self.settings.stop_timeout
+        self._stopping.add(pod_id)
+        try:
+            with contextlib.suppress(TapisNotFound):
+                self._keep_logs(pod_id, self.api.pod_logs(pod_id))
+            try:
+                self.api.stop_pod(pod_id)
+                self._wait_stopped(pod_id, deadline)
+                self.api.delete_pod(pod_id)
+            except TapisNotFound:
+                pass  # already gone
+            if self._owned_volume(handle) and not self._delete_volume(
+                    str(handle["volume_id"]), deadline=max(deadline, time.monotonic() + 5)):
+                raise HpcserveError(f"pod {pod_id} is deleted but its volume "
+                                    f"{handle['volume_id']} could not be",
+                                    hint="stop again to retry, or delete it in the Tapis UI")
+        finally:
+            self._stopping.discard(pod_id)
+
+    def _wait_stopped(self, pod_id: str, deadline: float) -> None:
+        """Until the pod is no longer running (delete_pod then ends it hard if it still is)."""
+        while time.monotonic() < deadline:
+            status = str(self.api.get_pod(pod_id).get("status", "")).upper()
+            if status in ("STOPPED", *states.ENDED_STATES):
+                return
+            time.sleep(0.25)
+
+    def _delete_volume(self, volume_id: str, *, deadline: float) -> bool:
+        """Delete a volume, retrying while the service still refuses (pod not yet gone)."""
+        while True:
+            try:
+                self.api.delete_volume(volume_id)
+                return True
+            except TapisNotFound:
+                return True
+            except HpcserveError as exc:
+                if time.monotonic() >= deadline:
+                    log.warning("could not delete volume %s: %s", volume_id, exc.message)
+                    return False
+            time.sleep(0.5)
+
+    # ------------------------------------------------------------------ logs
+
+    async def read_logs(self, handle: Mapping[str, Any], offset: int = 0) -> tuple[str, int]:
+        pod_id = handle.get("pod_id")
+        if not pod_id:
+            return "", offset
+        try:
+            text = await asyncio.to_thread(self.api.pod_logs, str(pod_id))
+        except TapisNotFound:
+            text = self._final_logs.get(str(pod_id), "")
+        data = text.encode("utf-8", "replace")
+        if len(data) < offset:  # a restarted pod starts its logs afresh
+            offset = 0
+        return data[offset:].decode("utf-8", "replace"), len(data)
+
+    async def close(self) -> None:
+        self.api.close()
+
+    def describe(self) -> dict[str, Any]:
+        s = self.settings
+        return {**super().describe(), "base_url": s.base_url, "tenant_id": s.tenant_id,
+                "image": s.image, "gpus": []}
