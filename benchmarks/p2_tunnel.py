@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import threading
+import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 from cluster import cluster_env, slurm_config
@@ -22,25 +21,29 @@ REQUESTS = 300
 STREAM_MB = 8
 
 
+UPSTREAM = f"""
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class Upstream(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # no 40 ms delayed-ACK stalls between header and body
-
-    def do_GET(self) -> None:
+    def do_GET(self):
         if self.path.startswith("/stream"):
             chunk = b"x" * 65536
             self.send_response(200)
-            self.send_header("Content-Length", str(STREAM_MB * 16 * len(chunk)))
+            self.send_header("Content-Length", str({STREAM_MB} * 16 * len(chunk)))
             self.end_headers()
-            for _ in range(STREAM_MB * 16):
+            for _ in range({STREAM_MB} * 16):
                 self.wfile.write(chunk)
             return
-        # One write: header and body in one segment, so no Nagle/delayed-ACK stall on any hop
-        # (sshd does not set TCP_NODELAY on its forwarded connection to the upstream).
-        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
-    def log_message(self, *args: object) -> None:
+        # One write: header and body in one segment, so no Nagle/delayed-ACK stall on any
+        # hop (sshd does not set TCP_NODELAY on its forwarded connection to the upstream).
+        self.wfile.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok")
+    def log_message(self, *args):
         pass
+server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
 
 
 def free_port() -> int:
@@ -74,9 +77,11 @@ def measure(url: str) -> dict:
 
 def main() -> dict:
     env = cluster_env()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    up = server.server_address[1]
+    # The upstream runs in its own process, as an engine would: only the tunnel under test
+    # shares this process (and its GIL) with the client.
+    server = subprocess.Popen([sys.executable, "-c", UPSTREAM], stdout=subprocess.PIPE,
+                              text=True)
+    up = int(server.stdout.readline())
     target = SlurmTarget("bench", slurm_config(env))
     host, port = target.shell().open_tunnel("127.0.0.1", up)
     ours = f"http://{host}:{port}"
@@ -99,7 +104,7 @@ def main() -> dict:
         paramiko_ = measure(ours)
     finally:
         ssh.terminate()
-        server.shutdown()
+        server.terminate()
     ratio = paramiko_["latency_s"]["median"] / openssh["latency_s"]["median"]
     ratio_new = (paramiko_["new_connection_latency_s"]["median"]
                  / openssh["new_connection_latency_s"]["median"])

@@ -203,7 +203,8 @@ class SessionManager:
         session = self.get(key)
         if session.state.terminal:
             return session
-        if session.state != State.STOPPING:
+        if session.state != State.STOPPING or not session.stop_requested:
+            session.stop_requested = True
             self._set(session, State.STOPPING, reason, event="stop")
         if session.handle:
             try:
@@ -387,11 +388,12 @@ class SessionManager:
         s.exit_code = st.exit_code
         if st.log_tail:
             s.log_tail = redact(st.log_tail, [self.api_key(s)])
-        if s.state == State.STOPPING or st.phase == Phase.STOPPED:
-            self._set(s, State.STOPPED, s.reason if s.state == State.STOPPING
-                      else st.reason or "stopped outside hpcserve", event="stopped")
-        elif st.phase == Phase.TIMEOUT:
+        if st.phase == Phase.TIMEOUT:
             self._set(s, State.TIMEOUT, st.reason or "time limit reached", event="timeout")
+        elif s.stop_requested:
+            self._set(s, State.STOPPED, s.reason, event="stopped")
+        elif st.phase == Phase.STOPPED:
+            self._set(s, State.STOPPED, st.reason or "stopped outside hpcserve", event="stopped")
         else:
             self._set(s, State.FAILED, st.reason or "the engine ended", event="failed")
 

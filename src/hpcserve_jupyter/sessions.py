@@ -72,6 +72,7 @@ class Session:
     max_lifetime_s: int | None = None
     owner: str = ""
     unreachable: bool = False
+    stop_requested: bool = False  # by a user or autostop: an engine ending now is no failure
     exit_code: int | None = None
     log_tail: str = ""
     version: int = 0

@@ -1,0 +1,105 @@
+"""The real test cluster (SLURM + sshd on 127.0.0.1) that the SLURM target tests run against.
+
+`scripts/testcluster.sh start` is idempotent: the first session on a machine sets the cluster up
+(about 15 s with the package install), later sessions find it running.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hpcserve_jupyter.targets.slurm.ssh import SSHSettings
+
+REPO = Path(__file__).resolve().parents[3]
+SCRIPT = REPO / "scripts" / "testcluster.sh"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "slurm: needs the real test cluster of scripts/testcluster.sh (SLURM and "
+                   "sshd on 127.0.0.1; root to start it)")
+
+
+@dataclass(frozen=True)
+class ClusterEnv:
+    """What `testcluster.sh env` exports, with a factory for isolated SSH settings."""
+
+    env: dict[str, str]
+
+    def path(self, name: str) -> Path:
+        return Path(self.env[name])
+
+    @property
+    def host(self) -> str:
+        return self.env["HPCSERVE_TEST_SSH_HOST"]
+
+    @property
+    def port(self) -> int:
+        return int(self.env["HPCSERVE_TEST_SSH_PORT"])
+
+    @property
+    def user(self) -> str:
+        return self.env["HPCSERVE_TEST_SSH_USER"]
+
+    @property
+    def key(self) -> Path:
+        return self.path("HPCSERVE_TEST_SSH_KEY")
+
+    @property
+    def passphrase_key(self) -> Path:
+        return self.path("HPCSERVE_TEST_SSH_KEY_PASSPHRASE")
+
+    @property
+    def passphrase(self) -> str:
+        return self.path("HPCSERVE_TEST_SSH_KEY_PASSPHRASE_FILE").read_text().strip()
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.path("HPCSERVE_TEST_SSH_KNOWN_HOSTS")
+
+    @property
+    def host_key_line(self) -> str:
+        """`type base64` of the sshd host key, as known_hosts records it."""
+        return " ".join(self.path("HPCSERVE_TEST_SSH_HOST_KEY_PUB").read_text().split()[:2])
+
+    def settings(self, **overrides: object) -> SSHSettings:
+        """Settings for the test sshd that ignore the developer's ~/.ssh and ssh-agent."""
+        values: dict[str, object] = {
+            "host": self.host, "port": self.port, "user": self.user,
+            "key_file": str(self.key), "known_hosts_file": str(self.known_hosts),
+            "ssh_config_file": None, "user_known_hosts_file": None, "use_agent": False,
+            "connect_timeout": 10.0, "reconnect_attempts": 3, "reconnect_backoff": 0.2,
+        }
+        values.update(overrides)
+        return SSHSettings(**values)  # type: ignore[arg-type]
+
+
+def _parse_exports(text: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        words = shlex.split(line)
+        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+            name, value = words[1].split("=", 1)
+            env[name] = value
+    return env
+
+
+@pytest.fixture(scope="session")
+def cluster() -> ClusterEnv:
+    """Start (or find running) the test cluster once per session; it is left running."""
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster needs root: run `sudo scripts/testcluster.sh start` "
+                    "and the tests as root")
+    start = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True,
+                           timeout=900, check=False)
+    if start.returncode != 0:
+        pytest.fail(f"scripts/testcluster.sh start failed:\n{start.stdout}\n{start.stderr}")
+    exported = subprocess.run(["bash", str(SCRIPT), "env"], capture_output=True, text=True,
+                              timeout=60, check=True)
+    return ClusterEnv(_parse_exports(exported.stdout))
