@@ -8,9 +8,8 @@ package metadata is absent, as in a bare source checkout).
 from __future__ import annotations
 
 import functools
-from importlib import import_module
-from importlib.metadata import entry_points
 
+from ..plugins import discover, load
 from .base import Backend, Context
 
 __all__ = ["BUILTIN", "Backend", "Context", "backend_names", "get_backend"]
@@ -30,10 +29,7 @@ BUILTIN = {
 
 @functools.cache
 def _registry() -> dict[str, str]:
-    found = dict(BUILTIN)
-    for ep in entry_points(group=GROUP):
-        found[ep.name] = ep.value
-    return found
+    return discover(GROUP, BUILTIN)
 
 
 def backend_names() -> list[str]:
@@ -47,6 +43,4 @@ def get_backend(name: str) -> Backend:
     target = _registry().get(name)
     if target is None:
         raise NotFound(f"unknown backend {name!r}", hint=close_matches(name, backend_names()))
-    module, _, attr = target.partition(":")
-    cls = getattr(import_module(module), attr)
-    return cls()
+    return load(target)()

@@ -40,8 +40,10 @@ class Backend:
     # out of `ps`); engines that only take a flag put {HPCSERVE_API_KEY} in argv instead.
     api_key_env: ClassVar[str | None] = None
     supports_api_key: ClassVar[bool] = False
-    # How engine_args keys become flags: "--" + key, bools as bare flags unless bool_values.
+    # How engine_args keys become flags: "--" + key, bools as bare flags unless bool_values;
+    # a list goes after one flag (argparse nargs) unless the CLI wants the flag repeated.
     bool_values: ClassVar[bool] = False
+    repeat_list_flags: ClassVar[bool] = False
 
     def argv(self, ctx: Context) -> list[str]:
         raise NotImplementedError
@@ -61,6 +63,9 @@ class Backend:
                 continue
             if value is True and not self.bool_values:
                 out.append(flag)
+            elif isinstance(value, list) and self.repeat_list_flags:
+                for item in value:
+                    out += self.flags({key: item})
             elif isinstance(value, list):
                 out += [flag, *(str(v) for v in value)]
             else:

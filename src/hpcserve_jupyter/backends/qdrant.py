@@ -12,14 +12,13 @@ second Qdrant on the same host needs QDRANT__SERVICE__GRPC_PORT in its recipe's 
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..spec import HOST, PORT
 from .base import Backend, Context
 
 
 class Qdrant(Backend):
     name = "qdrant"
+    repeat_list_flags = True  # clap takes one value per occurrence
     categories = frozenset({"vector-db"})
     api_flavour = "qdrant"
     health_path = "/readyz"
@@ -36,11 +35,3 @@ class Qdrant(Backend):
             "QDRANT__SERVICE__HTTP_PORT": PORT,
             "QDRANT__TELEMETRY_DISABLED": "true",
         }
-
-    def flags(self, args: dict[str, Any]) -> list[str]:
-        """clap takes one value per occurrence, so a list repeats its flag."""
-        out: list[str] = []
-        for key, value in args.items():
-            for item in value if isinstance(value, list) else [value]:
-                out += super().flags({key: item})
-        return out

@@ -11,14 +11,13 @@ no pipeline parallelism and no multi-node mode. GET /health is the router's heal
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..spec import HOST, PORT
 from .base import Backend, Context
 
 
 class TGI(Backend):
     name = "tgi"
+    repeat_list_flags = True  # clap takes one value per occurrence
     health_path = "/health"
     default_image = "ghcr.io/huggingface/text-generation-inference:latest"
     api_key_env = "API_KEY"
@@ -37,11 +36,3 @@ class TGI(Backend):
     def env(self, ctx: Context) -> dict[str, str]:
         # Compute nodes must not phone home.
         return {"USAGE_STATS": "off"}
-
-    def flags(self, args: dict[str, Any]) -> list[str]:
-        """clap takes one value per occurrence, so a list repeats its flag."""
-        out: list[str] = []
-        for key, value in args.items():
-            for item in value if isinstance(value, list) else [value]:
-                out += super().flags({key: item})
-        return out

@@ -11,14 +11,13 @@ so none is passed: the preloaded model answers whatever `model` a request names.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..spec import HOST, PORT
 from .base import Backend, Context
 
 
 class Transformers(Backend):
     name = "transformers"
+    repeat_list_flags = True  # typer (click) takes one value per occurrence of a list option
     health_path = "/health"
     # No official image ships `transformers[serving]`; targets need one from the recipe's images.
     default_image = None
@@ -29,11 +28,3 @@ class Transformers(Backend):
             "--host", HOST, "--port", PORT,
             *self.flags(ctx.args_for(self.name)),
         ]
-
-    def flags(self, args: dict[str, Any]) -> list[str]:
-        """typer (click) takes one value per occurrence of a list option, so a list repeats it."""
-        out: list[str] = []
-        for key, value in args.items():
-            for item in value if isinstance(value, list) else [value]:
-                out += super().flags({key: item})
-        return out

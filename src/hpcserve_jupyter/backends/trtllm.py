@@ -11,14 +11,13 @@ so none is set. /health is among the endpoints the server documents.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..spec import HOST, PORT
 from .base import Backend, Context
 
 
 class TRTLLM(Backend):
     name = "trtllm"
+    repeat_list_flags = True  # click takes one value per occurrence of a `multiple` option
     health_path = "/health"
     default_image = "nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc13"
 
@@ -33,11 +32,3 @@ class TRTLLM(Backend):
         if ctx.pipeline_parallel > 1:
             argv += ["--pp_size", str(ctx.pipeline_parallel)]
         return argv + self.flags(ctx.args_for(self.name))
-
-    def flags(self, args: dict[str, Any]) -> list[str]:
-        """click takes one value per occurrence of a `multiple` option, so a list repeats it."""
-        out: list[str] = []
-        for key, value in args.items():
-            for item in value if isinstance(value, list) else [value]:
-                out += super().flags({key: item})
-        return out

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import functools
 import os
-from importlib import import_module
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput, NotFound, RecipeError, close_matches
+from ..plugins import discover, load
 
 GROUP = "hpcserve_jupyter.targets"
 BUILTIN = {
@@ -30,10 +29,7 @@ BUILTIN = {
 
 @functools.cache
 def _kinds() -> dict[str, str]:
-    found = dict(BUILTIN)
-    for ep in entry_points(group=GROUP):
-        found[ep.name] = ep.value
-    return found
+    return discover(GROUP, BUILTIN)
 
 
 def target_kinds() -> list[str]:
@@ -44,8 +40,7 @@ def target_class(kind: str) -> type:
     ref = _kinds().get(kind)
     if ref is None:
         raise BadInput(f"unknown target kind {kind!r}", hint=close_matches(kind, target_kinds()))
-    module, _, attr = ref.partition(":")
-    return getattr(import_module(module), attr)
+    return load(ref)
 
 
 def targets_file() -> Path:
