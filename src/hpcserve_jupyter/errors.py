@@ -39,10 +39,10 @@ class RecipeError(BadInput):
                  hint: str | None = None) -> None:
         self.path = path
         self.line = line
-        where = path or "<recipe>"
+        where = path or ""
         if line is not None:
             where = f"{where}:{line}"
-        super().__init__(f"{where}: {message}", hint=hint)
+        super().__init__(f"{where}: {message}" if where else message, hint=hint)
 
 
 class LaunchError(HpcserveError):

@@ -194,3 +194,40 @@ def test_outages_show_unreachable_then_recover(hp, cluster, outage):
     assert good and good.state == State.READY
     assert hp.prompt(s.id, "still there?", max_tokens=8)
     hp.stop(s.id)
+
+
+def test_generated_scripts_pass_sbatch_test_only(cluster, configs, tmp_path):
+    """sbatch itself accepts what the builder writes, for the shapes we generate."""
+    from hpcserve_jupyter.spec import resolve
+    from hpcserve_jupyter.targets.base import LaunchRequest
+    from hpcserve_jupyter.targets.slurm.target import SlurmTarget
+
+    settings = {k: v for k, v in configs["cluster"].items() if k != "kind"}
+    target = SlurmTarget("cluster", settings)
+    for overrides in ({}, {"gpus": "2", "gpu_per_replica": "1"}, {"gpus": "4", "time": "1:30:00"},
+                      {"env.X": "$(touch /tmp/never)", "engine_args.chat_format": "a b'c"}):
+        spec = resolve("smollm2-135m", overrides=overrides)
+        req = LaunchRequest(session_id="abcd0123", name="test-only", spec=spec,
+                            workdir=tmp_path)
+        text = target.render(req, target.base_dir() + "/test-only")
+        target.shell().write_file(target.base_dir() + "/test-only.sh", text, mode=0o700)
+        out = target.shell().run(["sbatch", "--test-only", target.base_dir() + "/test-only.sh"],
+                                 check=False)
+        assert out.exit_code == 0 and "to start at" in (out.stdout + out.stderr), (
+            overrides, out.stderr)
+
+
+def test_restarted_manager_reattaches_by_job_id(configs):
+    first = Hpcserve(poll_interval=1.0, target_configs=configs)
+    s = first.launch("smollm2-135m", on="cluster", timeout=180)
+    assert s.state == State.READY
+    first.close()  # the manager goes away; the job keeps running
+    second = Hpcserve(poll_interval=1.0, target_configs=configs)
+    try:
+        again = second.status(s.id)
+        assert again.state == State.READY and again.handle["job_id"] == s.handle["job_id"]
+        assert squeue(s.handle["job_id"]) == "RUNNING"
+        assert second.prompt(s.id, "Hello again", max_tokens=8)  # a new tunnel, same job
+    finally:
+        second.stop(s.id)
+        second.close()
