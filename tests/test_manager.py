@@ -197,3 +197,24 @@ def test_killed_manager_restarted_finds_live_ready_and_dead_failed(tmp_path):
     finally:
         h.stop(info["a"])
         h.close()
+
+
+def test_two_managers_on_one_state_dir_monitor_once():
+    """A second manager (another Jupyter server, a CLI) sees everything but does not act."""
+    first, other = Hpcserve(poll_interval=0.5), Hpcserve(poll_interval=0.2)
+    try:
+        assert first.manager.monitoring and not other.manager.monitoring
+        s = other.launch("smollm2-135m", timeout=60)  # launched by the non-monitor...
+        assert s.state == State.READY  # ...made ready by the monitor's probes
+        ticks = other.manager.ticks
+        time.sleep(1)
+        assert other.manager.ticks == ticks  # it never ran a monitor pass
+        other.stop(s.id)
+    finally:
+        other.close()
+        first.close()  # the monitor goes away: the lock is free for the next manager
+    third = Hpcserve(poll_interval=0.2)
+    try:
+        assert third.manager.monitoring
+    finally:
+        third.close()

@@ -48,6 +48,8 @@ class RecipeError(BadInput):
 class LaunchError(HpcserveError):
     """A launch that could not start: port in use, no free GPU, engine missing..."""
 
+    http_status = 409  # a conflict with the target's state, not a server fault
+
 
 class NotReady(HpcserveError):
     """A prompt to a session that is not (or no longer) serving."""

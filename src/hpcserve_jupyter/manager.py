@@ -23,6 +23,7 @@ import httpx
 
 from . import paths
 from .errors import BadInput, HpcserveError, LaunchError, NotFound, NotReady
+from .monitorlock import MonitorLock
 from .recipes import Catalog
 from .secrets import master_key, redact, session_api_key
 from .sessions import Session, State
@@ -42,6 +43,7 @@ class SessionManager:
                  default_idle_timeout: int | None = None, owner: str | None = None) -> None:
         self.home = home or paths.home()
         self.store = Store(self.home / "sessions.db")
+        self._monitor_lock = MonitorLock(self.home / "monitor.lock")
         self._master = master_key(self.home)
         self._catalog = catalog
         self._target_configs = target_configs
@@ -100,6 +102,7 @@ class SessionManager:
         if self._http:
             await self._http.aclose()
             self._http = None
+        self._monitor_lock.release()
         self.store.close()
 
     def _client(self) -> httpx.AsyncClient:
@@ -143,8 +146,8 @@ class SessionManager:
         return f"{recipe}-{n}"
 
     async def launch(self, recipe: str, *, backend: str | None = None, target: str = "local",
-                     name: str | None = None,
-                     overrides: Mapping[str, Any] | None = None) -> Session:
+                     name: str | None = None, overrides: Mapping[str, Any] | None = None,
+                     owner: str | None = None) -> Session:
         """Validate everything, record the session, then start it on the target.
 
         Bad input fails before anything is recorded or started. A target that fails to start
@@ -167,7 +170,7 @@ class SessionManager:
             model=spec.served_model_name, api_flavour=spec.api_flavour,
             idle_timeout_s=spec.idle_timeout_s if self.default_idle_timeout is None
             or "idle_timeout" in overrides else self.default_idle_timeout,
-            max_lifetime_s=spec.max_lifetime_s, owner=self.owner)
+            max_lifetime_s=spec.max_lifetime_s, owner=owner or self.owner)
         self.store.insert(session, "created", f"{spec.recipe} with {spec.backend} on {target}")
         self._publish(session, "created")
         siblings = tuple(s.handle for s in self.store.all(live_only=True)
@@ -317,6 +320,8 @@ class SessionManager:
     async def _probe_starting(self) -> None:
         """Between full ticks, probe only starting engines, so `ready` is seen within
         probe_interval of the engine answering without polling schedulers faster."""
+        if not self._monitor_lock.held:
+            return
         starting = [s for s in self.store.all(live_only=True)
                     if s.state == State.STARTING and s.endpoints and not s.unreachable]
         for s in starting:
@@ -324,8 +329,19 @@ class SessionManager:
                 with contextlib.suppress(StaleSession):
                     self._set(s, State.READY, "serving", event="ready")
 
+    @property
+    def monitoring(self) -> bool:
+        """Whether this manager is the one that monitors the state directory."""
+        return self._monitor_lock.try_acquire()
+
     async def tick(self) -> None:
-        """One monitor pass: one batched poll per target, health probes, autostop."""
+        """One monitor pass: one batched poll per target, health probes, autostop.
+
+        Only the manager holding the state directory's monitor lock acts; the others read
+        what it writes (see monitorlock.py).
+        """
+        if not self.monitoring:
+            return
         async with self._tick_lock:
             self.ticks += 1
             by_target: dict[str, list[Session]] = defaultdict(list)
@@ -457,6 +473,8 @@ class SessionManager:
     def _set(self, s: Session, state: State, reason: str, *, event: str) -> None:
         reason = redact(reason, [self.api_key(s)])  # engines may echo their arguments
         changed = s.transition(state, reason)
+        if changed and state == State.READY:
+            s.last_activity = max(s.last_activity, time.time())  # idle counts from ready
         self._write(s, event, reason)
         if changed:
             self._publish(s, event)
@@ -473,6 +491,10 @@ class SessionManager:
 
     def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
         self._subscribers.discard(q)
+
+    def subscribed(self, q: asyncio.Queue[dict[str, Any]]) -> bool:
+        """False once the queue was dropped for falling behind: its reader must resync."""
+        return q in self._subscribers
 
     def _publish(self, s: Session, kind: str) -> None:
         event = {"type": kind, "session": s.public(), "ts": time.time()}
