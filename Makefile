@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # llama-cpp-python has no wheel on PyPI: it compiles (6-9 min on 2 cores, once; pip caches it).
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
-.PHONY: demo test venv lint bench cluster-start cluster-stop vllm-env clean
+.PHONY: demo test venv lint bench cluster-start cluster-stop vllm-env labextension clean
 
 venv: $(STAMP)
 
@@ -34,14 +34,22 @@ cluster-start:
 cluster-stop:
 	bash scripts/testcluster.sh stop
 
+# The JupyterLab extension from source (node deps from the npm registry, immutable lock), and
+# Debian's Chromium for the browser test.
+labextension: $(STAMP)
+	bash scripts/build-labextension.sh
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
-test: $(STAMP) vllm-env cluster-start lint
+test: $(STAMP) vllm-env cluster-start labextension lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+	# The example notebooks, executed and compared with their saved outputs.
+	$(PY) -m pytest --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .venv-vllm build dist
+	rm -rf $(VENV) .venv-vllm build dist labextension/node_modules labextension/lib \
+		labextension/build labextension/.yarn labextension/tsconfig.tsbuildinfo

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-ALL = ["p5_import_time", "p4_launch_overhead"]
+ALL = ["p5_import_time", "p4_launch_overhead", "p1_proxy", "p6_gateway", "p7_load_ext"]
 
 
 def main(names: list[str]) -> None:

@@ -11,7 +11,11 @@ import asyncio
 import atexit
 import contextlib
 import itertools
+import logging
+import queue as _queue
 import threading
+import time
+import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -63,6 +67,8 @@ class Hpcserve:
         self.manager = self._loop.run(make())
 
     def close(self) -> None:
+        for sub in list(_subscriptions(self)):
+            sub.close()
         try:
             self._loop.run(self.manager.close(), timeout=30)
         finally:
@@ -170,19 +176,117 @@ class Hpcserve:
         with client:
             return client.embeddings(session.model, texts)
 
+    # ------------------------------------------------------------------ events (front ends)
+
+    def watch(self, *, snapshot: bool = True) -> Subscription:
+        """Manager events as they happen, for a front end: iterate the subscription (or .get()).
+
+        The first event is a `snapshot` of the live sessions (unless snapshot=False), then one
+        `{"type": KIND, "session": {...public...}, "ts": ...}` per change, as the REST API's
+        /events stream sends them. No polling: the manager pushes each event into the queue.
+        """
+        sub = Subscription()
+        manager = self.manager
+
+        async def start() -> asyncio.Task[None]:
+            queue = manager.subscribe()  # subscribe, then snapshot, with no await between
+            if snapshot:
+                sub.put({"type": "snapshot", "ts": time.time(),
+                         "sessions": [s.public() for s in manager.sessions(live_only=True)]})
+
+            async def pump() -> None:
+                try:
+                    while True:
+                        sub.put(await queue.get())
+                finally:
+                    manager.unsubscribe(queue)
+
+            return asyncio.ensure_future(pump())
+
+        task = self._loop.run(start())
+        loop_thread = self._loop
+
+        def release() -> None:  # returns once the manager has dropped the queue
+            loop = loop_thread.loop
+            if not loop.is_running():
+                return
+            done = asyncio.run_coroutine_threadsafe(_cancel(task), loop)
+            if threading.current_thread() is not loop_thread.thread:
+                with contextlib.suppress(Exception):
+                    done.result(timeout=5)
+
+        sub.on_close(release)
+        _subscriptions(self).add(sub)
+        return sub
+
+    def subscribe(self, callback: Callable[[dict[str, Any]], None], *,
+                  snapshot: bool = True) -> Subscription:
+        """Call `callback(event)` for every manager event (see watch) on a dispatcher thread,
+        so the callback may call this facade; `.close()` on the result unsubscribes."""
+        return deliver(self.watch(snapshot=snapshot), callback)
+
+    def target_secrets(self, target: str) -> list[dict[str, Any]]:
+        """The secrets a target reads from environment variables, as front ends ask for them:
+        `[{"label", "env", "is_set"}]` (variable NAMES only; values never leave the process)."""
+        tgt = self.manager.target(target)
+        return secret_fields(tgt.kind, getattr(tgt, "settings", None))
+
+    def set_target_secrets(self, target: str, values: dict[str, str]) -> None:
+        """Put secrets where `target` reads them: this process's environment (the embedded
+        manager runs here), under variable names that target_secrets(target) lists."""
+        apply_secrets(target, self.target_secrets(target), values)
+
+    # ------------------------------------------------------------------ batch and load tests
+
+    def batch(self, key: str, prompts: Any, *, concurrency: int = 8, progress: bool = True,
+              system: str | None = None, **params: Any) -> Any:
+        """Answer many prompts (a list, or a pandas Series) with `concurrency` in flight; results
+        in input order, each with .text or .error (see hpcserve_jupyter.batch)."""
+        from .batch import run_batch
+
+        return run_batch(self, key, prompts, concurrency=concurrency, progress=progress,
+                         system=system, **params)
+
+    def bench(self, key: str, **kwargs: Any) -> Any:
+        """Load-test a ready session; writes load_test_report.json and load_test_evaluation.json
+        (see hpcserve_jupyter.bench.run_bench for the arguments)."""
+        from .bench import run_bench
+
+        return run_bench(self, key, **kwargs)
+
 
 _default: Hpcserve | None = None
 _default_lock = threading.Lock()
 
 
-def default() -> Hpcserve:
-    """The process-wide facade, created on first use and closed at exit."""
+def default() -> Any:
+    """The process-wide facade, created on first use and closed at exit.
+
+    Inside a kernel of a Jupyter server that runs the hpcserve extension (or with
+    HPCSERVE_SERVER_URL set) it is the remote facade, so every notebook shares the server's one
+    session manager; elsewhere (plain IPython, scripts, the CLI, nbval) the manager is embedded.
+    HPCSERVE_EMBEDDED=1 forces the embedded manager.
+    """
     global _default
     with _default_lock:
         if _default is None:
-            _default = Hpcserve()
+            _default = _remote_or_none() or Hpcserve()
             atexit.register(_close_default)
         return _default
+
+
+def _remote_or_none() -> Any:
+    import os
+
+    if os.environ.get("HPCSERVE_EMBEDDED") == "1":
+        return None
+    if not (os.environ.get("HPCSERVE_SERVER_URL") or os.environ.get("JPY_PARENT_PID")
+            or os.environ.get("JPY_SESSION_NAME")):
+        return None  # not in a kernel started by a Jupyter server: no need to look
+    from .remote import RemoteHpcserve, find_server
+
+    server = find_server()
+    return RemoteHpcserve(server.url, server.token) if server else None
 
 
 def _close_default() -> None:
@@ -239,3 +343,154 @@ def recipes() -> list[dict[str, Any]]:
 
 def targets() -> list[dict[str, Any]]:
     return default().targets()
+
+
+def batch(key: str, prompts: Any, **kwargs: Any) -> Any:
+    return default().batch(key, prompts, **kwargs)
+
+
+def bench(key: str, **kwargs: Any) -> Any:
+    return default().bench(key, **kwargs)
+
+
+def watch(*, snapshot: bool = True) -> Subscription:
+    return default().watch(snapshot=snapshot)
+
+
+def subscribe(callback: Callable[[dict[str, Any]], None], *, snapshot: bool = True
+              ) -> Subscription:
+    return default().subscribe(callback, snapshot=snapshot)
+
+
+# ---------------------------------------------------------------------- event subscriptions
+
+_log = logging.getLogger(__name__)
+_CLOSED = object()
+
+
+class Subscription:
+    """Events handed from the facade's side (a loop thread, an HTTP stream) to a consumer thread.
+
+    Iterate it (ends when closed) or call `get(timeout)`; `close()` ends it and releases the
+    producer. Shared by the embedded and the remote facade.
+    """
+
+    def __init__(self) -> None:
+        self._queue: _queue.Queue[Any] = _queue.Queue()
+        self._closed = threading.Event()
+        self._on_close: list[Callable[[], Any]] = []
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def put(self, event: dict[str, Any]) -> None:
+        if not self._closed.is_set():
+            self._queue.put(event)
+
+    def on_close(self, fn: Callable[[], Any]) -> None:
+        self._on_close.append(fn)
+
+    def get(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next event; None after `timeout` seconds or once closed."""
+        try:
+            item = self._queue.get(timeout=timeout)
+        except _queue.Empty:
+            return None
+        if item is _CLOSED:
+            self._queue.put(_CLOSED)  # for any other reader
+            return None
+        return item
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            item = self.get()
+            if item is None:
+                return
+            yield item
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._queue.put(_CLOSED)
+        for fn in self._on_close:
+            with contextlib.suppress(Exception):
+                fn()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def deliver(sub: Subscription, callback: Callable[[dict[str, Any]], None]) -> Subscription:
+    """Call `callback` for each event of `sub` on a daemon thread; a failing callback is logged
+    and does not end the subscription."""
+
+    def run() -> None:
+        for event in sub:
+            try:
+                callback(event)
+            except Exception:
+                _log.exception("hpcserve event callback failed")
+
+    threading.Thread(target=run, name="hpcserve-events", daemon=True).start()
+    return sub
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _subscriptions(owner: Any) -> weakref.WeakSet[Subscription]:
+    subs = owner.__dict__.get("_subscriptions")
+    if subs is None:
+        subs = owner.__dict__.setdefault("_subscriptions", weakref.WeakSet())
+    return subs
+
+
+# Settings fields that NAME an environment variable holding a secret, and how to ask for it.
+_SECRET_SETTINGS = (
+    ("key_passphrase_env", "SSH key passphrase"),
+    ("password_env", "Tapis password"),
+    ("token_env", "Tapis access token"),
+    ("hf_token_env", "Hugging Face token"),
+)
+
+
+def apply_secrets(target: str, fields: list[dict[str, Any]], values: dict[str, str]) -> None:
+    """Set secrets in this process's environment, only under the names `fields` allows (so a
+    front end cannot set arbitrary variables); empty values are ignored. Values are never
+    logged or echoed."""
+    import os
+
+    from .errors import BadInput
+
+    allowed = {f["env"] for f in fields}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise BadInput(f"target {target!r} reads no secret from {', '.join(unknown)}",
+                       hint="its secrets: " + (", ".join(sorted(allowed)) or "none"))
+    os.environ.update({k: str(v) for k, v in values.items() if v})
+
+
+def secret_fields(kind: str, settings: Any) -> list[dict[str, Any]]:
+    """`[{"label", "env", "is_set"}]` for a target's settings object (names only, no values).
+
+    Local engines inherit this process's environment, so `HF_TOKEN` counts for them.
+    """
+    import os
+
+    fields: list[tuple[str, str]] = []
+    for attr, label in _SECRET_SETTINGS:
+        env = getattr(settings, attr, None)
+        if isinstance(env, str) and env:
+            fields.append((label, env))
+    if kind == "local":
+        fields.append(("Hugging Face token", "HF_TOKEN"))
+    return [{"label": label, "env": env, "is_set": bool(os.environ.get(env))}
+            for label, env in fields]

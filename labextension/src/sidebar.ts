@@ -1,0 +1,248 @@
+/**
+ * The left sidebar panel: one row per session (name, state, recipe, backend, target, age,
+ * queue reason) with its actions, updated in place from the SessionsModel.
+ */
+import { LabIcon, addIcon, clearIcon, refreshIcon } from '@jupyterlab/ui-components';
+import { CommandRegistry } from '@lumino/commands';
+import { Widget } from '@lumino/widgets';
+
+import { ISession, TERMINAL_STATES } from './api';
+import { CommandIDs } from './commands';
+import { SessionsModel } from './model';
+
+export interface IRowAction {
+  action: string;
+  command: string;
+  icon: LabIcon;
+  label: string;
+  /** Shown for ended sessions too. */
+  ended?: boolean;
+}
+
+/** "42s", "5m", "2h 5m", "3d 4h". */
+export function formatAge(seconds: number): string {
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 60) {
+    return `${s}s`;
+  }
+  const m = Math.floor(s / 60);
+  if (m < 60) {
+    return `${m}m`;
+  }
+  const h = Math.floor(m / 60);
+  if (h < 24) {
+    return m % 60 ? `${h}h ${m % 60}m` : `${h}h`;
+  }
+  const d = Math.floor(h / 24);
+  return h % 24 ? `${d}d ${h % 24}h` : `${d}d`;
+}
+
+interface IRow {
+  node: HTMLLIElement;
+  name: HTMLSpanElement;
+  badge: HTMLSpanElement;
+  meta: HTMLDivElement;
+  age: HTMLSpanElement;
+  reason: HTMLDivElement;
+  actions: HTMLDivElement;
+  key: string;
+}
+
+export class SessionsPanel extends Widget {
+  constructor(
+    private readonly model: SessionsModel,
+    private readonly commands: CommandRegistry,
+    private readonly rowActions: IRowAction[]
+  ) {
+    super();
+    this.id = 'hpcserve-sessions';
+    this.addClass('jp-hpcserve-sidebar');
+
+    const header = document.createElement('div');
+    header.className = 'jp-hpcserve-sidebar-header';
+    const title = document.createElement('h2');
+    title.textContent = 'AI Sessions';
+    this._dot = document.createElement('span');
+    this._dot.className = 'jp-hpcserve-connection';
+    const buttons = document.createElement('div');
+    buttons.className = 'jp-hpcserve-sidebar-buttons';
+    buttons.append(
+      this._button('launch', addIcon, 'Launch a session…', () =>
+        void this.commands.execute(CommandIDs.launch)
+      ),
+      this._button('reconnect', refreshIcon, 'Reconnect to the event stream', () =>
+        this.model.reconnect()
+      ),
+      this._button('clear-ended', clearIcon, 'Clear ended sessions from the list', () =>
+        this.model.clearEnded()
+      )
+    );
+    header.append(title, this._dot, buttons);
+
+    this._list = document.createElement('ul');
+    this._list.className = 'jp-hpcserve-session-list';
+    this._empty = document.createElement('div');
+    this._empty.className = 'jp-hpcserve-empty';
+    this.node.append(header, this._empty, this._list);
+
+    model.changed.connect(this._render, this);
+    model.connectionChanged.connect(this._renderConnection, this);
+    this._render();
+    this._renderConnection();
+    this._timer = window.setInterval(() => this._renderAges(), 1000);
+  }
+
+  dispose(): void {
+    window.clearInterval(this._timer);
+    super.dispose();
+  }
+
+  private _button(
+    action: string,
+    icon: LabIcon,
+    label: string,
+    onClick: () => void
+  ): HTMLButtonElement {
+    const b = document.createElement('button');
+    b.className = 'jp-Button jp-mod-minimal jp-hpcserve-button';
+    b.type = 'button';
+    b.title = label;
+    b.setAttribute('aria-label', label);
+    b.dataset.action = action;
+    icon.element({ container: b, elementPosition: 'center', height: '16px', width: '16px' });
+    b.addEventListener('click', e => {
+      e.stopPropagation();
+      onClick();
+    });
+    return b;
+  }
+
+  private _renderConnection(): void {
+    const state = this.model.connection;
+    this._dot.dataset.state = state;
+    this._dot.title =
+      state === 'open'
+        ? 'Live: updates stream from the server'
+        : state === 'connecting'
+          ? 'Connecting to the server…'
+          : `Disconnected${this.model.connectionError ? ': ' + this.model.connectionError : ''}; retrying`;
+    this._renderEmpty();
+  }
+
+  private _renderEmpty(): void {
+    const none = this._rows.size === 0;
+    this._empty.hidden = !none;
+    if (none) {
+      const error = this.model.connectionError;
+      this._empty.textContent = this.model.loaded
+        ? 'No sessions. Launch one with + (or the command palette: “Launch AI Session”).'
+        : this.model.connection === 'closed' && error
+          ? `Cannot reach the hpcserve server extension (${error}). Is it enabled? ` +
+            '`jupyter server extension list` tells. Retrying…'
+          : 'Loading sessions…';
+    }
+  }
+
+  private _render(): void {
+    const entries = this.model.entries;
+    const seen = new Set<string>();
+    let previous: HTMLLIElement | null = null;
+    for (const entry of entries) {
+      const s = entry.session;
+      seen.add(s.id);
+      let row = this._rows.get(s.id);
+      if (!row) {
+        row = this._createRow(s);
+        this._rows.set(s.id, row);
+      }
+      this._updateRow(row, s);
+      // keep DOM order = model order, moving only what is out of place
+      const expected: ChildNode | null = previous ? previous.nextSibling : this._list.firstChild;
+      if (expected !== row.node) {
+        this._list.insertBefore(row.node, expected);
+      }
+      previous = row.node;
+    }
+    for (const [id, row] of this._rows) {
+      if (!seen.has(id)) {
+        row.node.remove();
+        this._rows.delete(id);
+      }
+    }
+    this._renderAges();
+    this._renderEmpty();
+  }
+
+  private _createRow(s: ISession): IRow {
+    const node = document.createElement('li');
+    node.className = 'jp-hpcserve-session';
+    node.dataset.sessionId = s.id;
+    const head = document.createElement('div');
+    head.className = 'jp-hpcserve-session-head';
+    const name = document.createElement('span');
+    name.className = 'jp-hpcserve-session-name';
+    const badge = document.createElement('span');
+    badge.className = 'jp-hpcserve-badge';
+    const age = document.createElement('span');
+    age.className = 'jp-hpcserve-session-age';
+    head.append(name, age, badge);
+    const meta = document.createElement('div');
+    meta.className = 'jp-hpcserve-session-meta';
+    const reason = document.createElement('div');
+    reason.className = 'jp-hpcserve-session-reason';
+    const actions = document.createElement('div');
+    actions.className = 'jp-hpcserve-session-actions';
+    node.append(head, meta, reason, actions);
+    return { node, name, badge, meta, age, reason, actions, key: '' };
+  }
+
+  private _updateRow(row: IRow, s: ISession): void {
+    const ended = TERMINAL_STATES.has(s.state);
+    row.node.dataset.state = s.state;
+    row.node.classList.toggle('jp-mod-ended', ended);
+    row.name.textContent = s.name;
+    row.name.title = `${s.name} (id ${s.id})${s.owner ? `, owner ${s.owner}` : ''}`;
+    row.badge.textContent = s.unreachable && !ended ? `${s.state} · unreachable` : s.state;
+    row.badge.dataset.state = s.unreachable && !ended ? 'unreachable' : s.state;
+    row.meta.textContent = `${s.recipe} · ${s.backend} · ${s.target}`;
+    row.meta.title = s.model ? `model: ${s.model}` : '';
+    row.reason.textContent = s.reason || '';
+    row.reason.hidden = !s.reason;
+    row.reason.title = s.reason || '';
+    const key = `${ended}`;
+    if (row.key !== key) {
+      row.key = key;
+      row.actions.replaceChildren(
+        ...this.rowActions
+          .filter(a => !ended || a.ended)
+          .map(a =>
+            this._button(a.action, a.icon, a.label, () =>
+              void this.commands.execute(a.command, { id: row.node.dataset.sessionId! })
+            )
+          )
+      );
+    }
+  }
+
+  private _renderAges(): void {
+    const now = performance.now();
+    for (const entry of this.model.entries) {
+      const row = this._rows.get(entry.session.id);
+      if (!row) {
+        continue;
+      }
+      const s = entry.session;
+      if (TERMINAL_STATES.has(s.state) && s.ended_at) {
+        row.age.textContent = `ran ${formatAge(s.ended_at - s.created_at)}`;
+      } else {
+        row.age.textContent = formatAge(s.age_s + (now - entry.receivedAt) / 1000);
+      }
+    }
+  }
+
+  private _list: HTMLUListElement;
+  private _empty: HTMLDivElement;
+  private _dot: HTMLSpanElement;
+  private _rows = new Map<string, IRow>();
+  private _timer: number;
+}

@@ -1,0 +1,259 @@
+"""The Jupyter server extension: one SessionManager on the server's event loop, its REST API,
+the proxy to sessions and the OpenAI-compatible gateway.
+
+Enabled on install (jupyter-config/jupyter_server_config.d/hpcserve_jupyter.json). Configure it
+as `c.HpcserveApp.<trait>` in jupyter_server_config.py or `--HpcserveApp.<trait>=...`.
+Sessions outlive the server: at start the manager re-attaches to live sessions; at shutdown it
+only stops monitoring (`manager.close()`), the engines keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Float, Int, List, TraitError, Unicode, validate
+
+from .replicas import ReplicaGroup
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ..manager import SessionManager
+    from ..sessions import Session
+
+
+def _duration_or_off(value: str) -> str:
+    from ..durations import parse_duration
+
+    if value.strip().lower() in ("", "0", "off", "none"):
+        return value.strip()
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise TraitError(str(exc)) from None
+    return value.strip()
+
+
+class HpcserveApp(ExtensionApp):
+    """hpcserve: launch, watch, prompt and stop AI serving sessions from Jupyter."""
+
+    name = "hpcserve_jupyter"
+    load_other_extensions = True
+
+    # ------------------------------------------------------------------ configuration
+
+    state_dir = Unicode(
+        "", config=True,
+        help="""Directory of hpcserve's state (sessions database, secret key, engine logs).
+        Empty: $HPCSERVE_HOME, else `hpcserve/` in the Jupyter data directory. Share it with the
+        CLI and notebooks so they all see the same sessions.""")
+    targets_file = Unicode(
+        "", config=True,
+        help="""YAML file defining the targets (where sessions run). Empty: $HPCSERVE_TARGETS,
+        else ~/.config/hpcserve/targets.yaml. `local` always exists.""")
+    recipe_dirs = List(
+        Unicode(), config=True,
+        help="""Extra recipe directories, searched after the built-in recipes,
+        ~/.config/hpcserve/recipes and $HPCSERVE_RECIPES (later directories win).""")
+    poll_interval = Float(
+        2.0, config=True,
+        help="""Seconds between two monitor passes (one batched poll per target). Starting
+        engines are probed for readiness more often than this.""")
+    start_timeout = Float(
+        1800.0, config=True,
+        help="Seconds an engine may take to answer its health check before it is failed.")
+    default_idle_timeout = Unicode(
+        "", config=True,
+        help="""Idle timeout (autostop) for launches whose recipe and request set none, e.g.
+        '30m' or '2h'; '0' turns autostop off. Empty: hpcserve's default (1 h).""")
+    default_max_lifetime = Unicode(
+        "", config=True,
+        help="""Maximum lifetime for launches whose recipe and request set none, e.g. '8h';
+        '0' for none. Empty: the recipe's time limit.""")
+    proxy_connect_timeout = Float(
+        10.0, config=True,
+        help="Seconds to connect to a session's endpoint through the proxy and the gateway.")
+    proxy_read_timeout = Float(
+        600.0, config=True,
+        help="""Seconds the proxy and the gateway wait for the next bytes of an answer (a long
+        generation streams; a non-streamed one must finish within this).""")
+    proxy_write_timeout = Float(
+        60.0, config=True,
+        help="Seconds to send a request body chunk to a session's endpoint.")
+    max_inflight_per_replica = Int(
+        16, config=True,
+        help="""Admission control: requests in flight per replica at most (gateway, and POST
+        requests through the proxy); more wait in a FIFO queue. 0: no limit.""")
+    max_queue = Int(
+        256, config=True,
+        help="""Admission control: requests waiting per session at most; beyond, the answer is
+        429 with Retry-After.""")
+    queue_timeout = Float(
+        300.0, config=True,
+        help="Seconds a request waits in a session's queue before it is answered 429.")
+    replica_max_failures = Int(
+        3, config=True,
+        help="""Consecutive connection failures after which a replica is taken out of the
+        rotation until its health check passes.""")
+    replica_recheck_interval = Float(
+        5.0, config=True,
+        help="Seconds between health checks of a replica taken out of the rotation.")
+    events_keepalive_interval = Float(
+        15.0, config=True,
+        help="Seconds between keepalive comments on the Server-Sent Events stream.")
+
+    @validate("default_idle_timeout", "default_max_lifetime")
+    def _valid_duration(self, proposal: dict[str, Any]) -> str:
+        return _duration_or_off(proposal["value"])
+
+    # ------------------------------------------------------------------ wiring
+
+    manager: SessionManager
+    http: httpx.AsyncClient
+    groups: dict[str, ReplicaGroup]
+
+    def initialize_settings(self) -> None:
+        from ..manager import SessionManager
+        from ..recipes import Catalog, recipe_dirs
+        from ..targets import load_target_configs
+
+        home = Path(self.state_dir).expanduser() if self.state_dir else None
+        if home:
+            home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        catalog = Catalog([*recipe_dirs(), *(Path(d).expanduser() for d in self.recipe_dirs)])
+        configs = None
+        if self.targets_file:
+            try:
+                configs = load_target_configs(Path(self.targets_file).expanduser())
+            except Exception as exc:  # shown on every target use, not a dead server
+                self.log.error("hpcserve: targets file %s: %s", self.targets_file, exc)
+        self.manager = SessionManager(home, catalog=catalog, target_configs=configs,
+                                      poll_interval=self.poll_interval,
+                                      start_timeout=self.start_timeout)
+        self.groups = {}
+        self._http: httpx.AsyncClient | None = None
+        self._started: asyncio.Future[None] | None = None
+        self._streams: set[Any] = set()
+        self._touched: dict[str, float] = {}
+        self.settings["hpcserve_manager"] = self.manager
+        self.log.info("hpcserve: state in %s", self.manager.home)
+
+    def initialize_handlers(self) -> None:
+        from .routes import ROUTES
+
+        self.handlers.extend((r.pattern, r.handler, r.kwargs) for r in ROUTES)
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        await self.ensure_started()
+
+    async def ensure_started(self) -> SessionManager:
+        """Start the manager once (re-attach to live sessions, monitor loop); handlers await it
+        too, so a request that comes before the server's start hook still finds it running."""
+        if self._started is None or (self._started.done() and self._started.exception()):
+            self._started = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._started)
+        return self.manager
+
+    async def _start(self) -> None:
+        await self.manager.start()
+        live = self.manager.sessions(live_only=True)
+        self.log.info("hpcserve: monitoring %d live session(s)", len(live))
+
+    async def stop_extension(self) -> None:
+        """Leave every session running: stop monitoring and release connections only."""
+        for stream in list(self._streams):
+            with contextlib.suppress(Exception):
+                stream.set()
+        for group in self.groups.values():
+            await group.close()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+        if self._started is not None and not self._started.done():
+            self._started.cancel()
+        await self.manager.close()
+
+    # ------------------------------------------------------------------ shared by handlers
+
+    def client(self) -> httpx.AsyncClient:
+        """One connection pool for the proxy, the gateway and health checks (no env proxies)."""
+        import httpx
+
+        if self._http is None:
+            timeout = httpx.Timeout(connect=self.proxy_connect_timeout,
+                                    read=self.proxy_read_timeout,
+                                    write=self.proxy_write_timeout,
+                                    pool=self.proxy_connect_timeout)
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+            self._http = httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False,
+                                           follow_redirects=False)
+            self._http.headers = httpx.Headers()  # forward the client's headers, add none
+        return self._http
+
+    def group(self, session: Session) -> ReplicaGroup:
+        """The replica group of a session, following its current endpoints."""
+        if len(self.groups) > 64:  # drop the groups of ended sessions now and then
+            live = {s.id for s in self.manager.sessions(live_only=True)}
+            for sid in [k for k in self.groups if k not in live]:
+                self.groups.pop(sid)
+        group = self.groups.get(session.id)
+        if group is None:
+            group = ReplicaGroup(
+                list(session.endpoints), health=self._health_check(session),
+                max_inflight=self.max_inflight_per_replica, max_queue=self.max_queue,
+                queue_timeout=self.queue_timeout, max_failures=self.replica_max_failures,
+                recheck_interval=self.replica_recheck_interval)
+            self.groups[session.id] = group
+        else:
+            group.update(list(session.endpoints))
+        return group
+
+    def touch(self, session_id: str) -> None:
+        """Record activity for a session's idle timer: one SQLite write per session per second
+        at most (idle timeouts are minutes; proxied traffic can be thousands of requests)."""
+        now = time.monotonic()
+        if now - self._touched.get(session_id, -1e9) < 1.0:
+            return
+        self._touched[session_id] = now
+        try:
+            self.manager.touch(session_id)
+        except Exception as exc:  # activity must never fail a request
+            self.log.warning("hpcserve: recording activity of %s failed: %s", session_id, exc)
+
+    def forget(self, session_id: str) -> None:
+        self.groups.pop(session_id, None)
+
+    def _health_check(self, session: Session) -> Any:
+        path = session.spec.get("health_path", "/health")
+        headers = {"Authorization": f"Bearer {self.manager.api_key(session)}"}
+
+        async def healthy(url: str) -> bool:
+            import httpx
+
+            try:
+                r = await self.client().get(url + path, headers=headers,
+                                            timeout=min(5.0, self.proxy_read_timeout))
+            except httpx.HTTPError:
+                return False
+            return r.status_code < 400
+
+        return healthy
+
+    def launch_defaults(self, recipe: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Apply default_idle_timeout / default_max_lifetime where recipe and request set none."""
+        out = dict(overrides)
+        try:
+            rec = self.manager.catalog.get(recipe)
+        except Exception:
+            return out  # the launch itself reports the bad name
+        if self.default_idle_timeout and "idle_timeout" not in out and rec.idle_timeout is None:
+            out["idle_timeout"] = self.default_idle_timeout
+        if (self.default_max_lifetime and "max_lifetime" not in out
+                and rec.max_lifetime is None):
+            out["max_lifetime"] = self.default_max_lifetime
+        return out

@@ -1,0 +1,274 @@
+"""The OpenAPI 3 document of the extension, served at GET /hpcserve/api/openapi.json.
+
+Written out by hand (it is the contract); tests/jupyter checks that it lists exactly the routes
+and methods the server registers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _param(name: str, where: str, description: str, schema: dict[str, Any] | None = None,
+           required: bool | None = None) -> dict[str, Any]:
+    return {"name": name, "in": where, "description": description,
+            "required": where == "path" if required is None else required,
+            "schema": schema or {"type": "string"}}
+
+
+ID = _param("id", "path", "session id or name")
+DENIED = {"403": _error("not authenticated or not authorized (Jupyter's token, cookie or "
+                        "identity provider)")}
+NO_SESSION = {"404": _error("no such session")}
+
+
+def _op(summary: str, responses: dict[str, Any], *, params: list[dict[str, Any]] | None = None,
+        body: dict[str, Any] | None = None, tags: tuple[str, ...] = ("sessions",),
+        description: str | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "tags": list(tags),
+                          "responses": {**responses, **DENIED}}
+    if description:
+        op["description"] = description
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = body
+    return op
+
+
+def _schemas() -> dict[str, Any]:
+    from .handlers import LaunchBody
+
+    launch = LaunchBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    launch.pop("title", None)
+    obj = {"type": "object"}
+    return {
+        "Error": {"type": "object", "required": ["error"], "properties": {
+            "error": {"type": "string", "description": "what went wrong"},
+            "detail": {"type": "string", "nullable": True, "description": "how to fix it"},
+            "type": {"type": "string"},
+            "reason": {"type": "string", "description": "proxy/gateway: starting | gone | "
+                       "unreachable | timeout | overloaded | bad-path"},
+            "session_id": {"type": "string"}, "session_state": {"type": "string"}}},
+        "LaunchRequest": launch,
+        "Session": {"type": "object", "properties": {
+            "id": {"type": "string"}, "name": {"type": "string"}, "recipe": {"type": "string"},
+            "backend": {"type": "string"}, "target": {"type": "string"},
+            "state": {"type": "string", "enum": ["pending", "starting", "ready", "stopping",
+                                                 "stopped", "failed", "timeout"]},
+            "reason": {"type": "string"}, "endpoints": {"type": "array",
+                                                        "items": {"type": "string"}},
+            "model": {"type": "string"}, "api_flavour": {"type": "string"},
+            "created_at": {"type": "number"}, "updated_at": {"type": "number"},
+            "ready_at": {"type": "number", "nullable": True},
+            "ended_at": {"type": "number", "nullable": True},
+            "last_activity": {"type": "number"},
+            "idle_timeout_s": {"type": "integer", "nullable": True},
+            "max_lifetime_s": {"type": "integer", "nullable": True},
+            "owner": {"type": "string"}, "unreachable": {"type": "boolean"},
+            "exit_code": {"type": "integer", "nullable": True}, "log_tail": {"type": "string"},
+            "version": {"type": "integer"}, "age_s": {"type": "number"},
+            "resources": obj}},
+        "SessionList": {"type": "object", "properties": {
+            "sessions": {"type": "array", "items": _ref("Session")}}},
+        "RecipeSummary": {"type": "object", "properties": {
+            "name": {"type": "string"}, "description": {"type": "string"},
+            "category": {"type": "string"}, "model": {"type": "string", "nullable": True},
+            "backends": {"type": "array", "items": {"type": "string"}},
+            "resources": obj, "replicas": {"type": "integer"}}},
+        "Event": {"type": "object", "description": "a session state change", "properties": {
+            "type": {"type": "string", "description": "snapshot | created | starting | ready | "
+                     "stop | stopped | failed | timeout | unreachable | reachable | resync ..."},
+            "session": _ref("Session"), "sessions": {"type": "array",
+                                                     "items": _ref("Session")},
+            "ts": {"type": "number"}}},
+        "ModelList": {"type": "object", "properties": {
+            "object": {"type": "string", "enum": ["list"]},
+            "data": {"type": "array", "items": _ref("Model")}}},
+        "Model": {"type": "object", "properties": {
+            "id": {"type": "string", "description": "the session name"},
+            "object": {"type": "string"}, "created": {"type": "integer"},
+            "owned_by": {"type": "string"}, "served_model": {"type": "string"},
+            "session_id": {"type": "string"}, "recipe": {"type": "string"},
+            "backend": {"type": "string"}, "target": {"type": "string"}}},
+        "OpenAIRequest": {"type": "object", "required": ["model"], "properties": {
+            "model": {"type": "string", "description": "session name or id, or the served "
+                      "model name when one ready session serves it"},
+            "stream": {"type": "boolean"}}, "additionalProperties": True},
+        "Probe": {"type": "object", "additionalProperties": True},
+    }
+
+
+def _paths() -> dict[str, Any]:
+    api, gw = "/hpcserve/api", "/hpcserve/v1"
+    session = _json(_ref("Session"), "the session")
+    ready_errors = {
+        "400": _error("bad body or model field"), "404": _error("no session serves this model"),
+        "429": _error("the session's replicas are busy and its queue is full (Retry-After)"),
+        "502": _error("the session is gone or its engine unreachable"),
+        "503": _error("the session is still starting (Retry-After)"),
+        "504": _error("the engine did not answer in time")}
+
+    def inference(what: str) -> dict[str, Any]:
+        return {"post": _op(
+            f"OpenAI {what}, routed by `model` to a ready session", {
+                "200": {"description": "the engine's answer (text/event-stream when stream=true)",
+                        "content": {JSON: {"schema": {"type": "object"}},
+                                    "text/event-stream": {"schema": {"type": "string"}}}},
+                **ready_errors},
+            body={"required": True, "content": {JSON: {"schema": _ref("OpenAIRequest")}}},
+            tags=("gateway",))}
+
+    proxy_op = {
+        "200": {"description": "the session's answer, streamed (any status the engine gives)"},
+        "400": _error("the path contains '..', an absolute URL, '@', an encoded slash or a "
+                      "backslash"),
+        "404": _error("no such session"),
+        "429": _error("POST/PUT/PATCH: the session's replicas are busy (Retry-After)"),
+        "502": _error("the session is gone or unreachable"),
+        "503": _error("the session is starting (Retry-After)"),
+        "504": _error("the engine did not answer in time")}
+    proxy_params = [ID, _param("path", "path", "path on the session's endpoint (may be empty; "
+                               "slashes allowed)")]
+    proxy = {m: _op(f"{m.upper()} to the session's endpoint", proxy_op, params=proxy_params,
+                    tags=("proxy",),
+                    description="Request and response bodies stream both ways. Jupyter "
+                    "cookies, the client's Authorization and XSRF headers are removed; the "
+                    "session's API key is added.")
+             for m in ("get", "head", "post", "put", "patch", "delete", "options")}
+
+    return {
+        f"{api}/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"})},
+                                           tags=("meta",))},
+        f"{api}/recipes": {"get": _op("Recipes, and the files that failed to load", {
+            "200": _json({"type": "object", "properties": {
+                "recipes": {"type": "array", "items": _ref("RecipeSummary")},
+                "errors": {"type": "object", "additionalProperties": {"type": "string"}}}})},
+            tags=("catalog",))},
+        f"{api}/recipes/{{name}}": {"get": _op("One recipe in full", {
+            "200": _json({"type": "object"}), "404": _error("unknown recipe"),
+            "400": _error("the recipe file is broken (file:line: field: problem)")},
+            params=[_param("name", "path", "recipe name")], tags=("catalog",))},
+        f"{api}/targets": {"get": _op("Targets (where sessions run)", {
+            "200": _json({"type": "object", "properties": {
+                "targets": {"type": "array", "items": {"type": "object"}}}}),
+            "400": _error("the targets file is broken")}, tags=("catalog",))},
+        f"{api}/targets/{{name}}/secrets": {"get": _op(
+            "The secrets a target reads from environment variables (names only)", {
+                "200": _json({"type": "object", "properties": {"secrets": {
+                    "type": "array", "items": {"type": "object", "properties": {
+                        "label": {"type": "string"}, "env": {"type": "string"},
+                        "is_set": {"type": "boolean"}}}}}}),
+                "404": _error("unknown target")},
+            params=[_param("name", "path", "target name")], tags=("catalog",)),
+            "put": _op("Set secrets in the server's environment (names from GET only)", {
+                "204": {"description": "set (values are never echoed)"},
+                "400": _error("a name the target does not read, or a bad body"),
+                "404": _error("unknown target")},
+                params=[_param("name", "path", "target name")], tags=("catalog",),
+                body={"required": True, "content": {JSON: {"schema": {
+                    "type": "object", "additionalProperties": {"type": "string"}}}}})},
+        f"{api}/sessions": {
+            "get": _op("Sessions (all, or live only)", {"200": _json(_ref("SessionList"))},
+                       params=[_param("live", "query", "1: live sessions only",
+                                      {"type": "boolean"}, False)]),
+            "post": _op("Launch a session", {
+                "201": _json(_ref("Session"), "launched (pending); follow it on /events"),
+                "400": _error("bad body, unknown field, invalid override or name"),
+                "404": _error("unknown recipe, backend or target"),
+                "409": _error("the target could not start it: port in use, no free GPU... "
+                              "(the session is `failed`)"),
+                "503": _error("the target does not answer (SSH, scheduler, Pods API)")},
+                body={"required": True,
+                      "content": {JSON: {"schema": _ref("LaunchRequest")}}})},
+        f"{api}/sessions/{{id}}": {
+            "get": _op("One session", {"200": session, **NO_SESSION}, params=[ID]),
+            "delete": _op("Stop a session (a stopped session: no-op)", {
+                "200": session, **NO_SESSION,
+                "503": _error("the target is unreachable; state unknown")}, params=[ID])},
+        f"{api}/sessions/{{id}}/keepalive": {"post": _op("Reset the idle timer", {
+            "200": session, **NO_SESSION, "409": _error("the session has ended")},
+            params=[ID])},
+        f"{api}/sessions/{{id}}/logs": {"get": _op("The engine's log", {
+            "200": {"description": "log text (streamed with follow=1, until the session ends)",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}},
+            "400": _error("bad query parameter"), **NO_SESSION},
+            params=[ID, _param("tail", "query", "last N lines (0: all); default 100",
+                               {"type": "integer", "minimum": 0}, False),
+                    _param("follow", "query", "1: stream new text until the session ends",
+                           {"type": "boolean"}, False),
+                    _param("from_start", "query", "with follow: 0 starts at the end",
+                           {"type": "boolean"}, False)])},
+        f"{api}/sessions/{{id}}/v1/live": {"get": _op("Liveness: the engine runs", {
+            "200": _json(_ref("Probe"), "live"), "503": _json(_ref("Probe"), "not live"),
+            **NO_SESSION}, params=[ID], tags=("gateway",))},
+        f"{api}/sessions/{{id}}/v1/ready": {"get": _op("Readiness: ready and healthy now", {
+            "200": _json(_ref("Probe"), "ready"), "503": _json(_ref("Probe"), "not ready"),
+            **NO_SESSION}, params=[ID], tags=("gateway",))},
+        f"{api}/sessions/{{id}}/v1/model": {"get": _op(
+            "What the session serves (and the engine's /v1/models)",
+            {"200": _json(_ref("Probe")), **NO_SESSION}, params=[ID], tags=("gateway",))},
+        f"{api}/refresh": {"post": _op("One monitor pass now; the live sessions", {
+            "200": _json(_ref("SessionList"))})},
+        f"{api}/events": {"get": _op(
+            "Server-Sent Events: a snapshot, then every session state change", {
+                "200": {"description": "`data:` lines each holding an Event; `: keepalive` "
+                        "comments in between",
+                        "content": {"text/event-stream": {"schema": _ref("Event")}}}},
+            tags=("events",))},
+        f"{api}/events/log": {"get": _op("The stored event log", {
+            "200": _json({"type": "object", "properties": {
+                "events": {"type": "array", "items": {"type": "object"}}}}),
+            "400": _error("bad query parameter"), **NO_SESSION},
+            params=[_param("session", "query", "only this session", required=False),
+                    _param("after", "query", "events after this sequence number",
+                           {"type": "integer"}, False)],
+            tags=("events",))},
+        "/hpcserve/proxy/{id}/{path}": proxy,
+        f"{gw}/models": {"get": _op("Ready sessions, as OpenAI models (id = session name)", {
+            "200": _json(_ref("ModelList"))}, tags=("gateway",))},
+        f"{gw}/models/{{model}}": {"get": _op("One session as an OpenAI model", {
+            "200": _json(_ref("Model")), "404": _error("no session serves this model"),
+            "400": _error("several sessions serve this model")},
+            params=[_param("model", "path", "session name or id, or a served model name")],
+            tags=("gateway",))},
+        f"{gw}/chat/completions": inference("chat completion"),
+        f"{gw}/completions": inference("completion"),
+        f"{gw}/embeddings": inference("embeddings"),
+    }
+
+
+def document(base_url: str = "/") -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "hpcserve-jupyter", "version": __version__,
+                 "description": "Launch, watch, prompt and stop AI serving sessions through the "
+                 "Jupyter server. Authenticate as for Jupyter's own API: `Authorization: token "
+                 "<t>` (or `Bearer <t>`), or the login cookie with the X-XSRFToken header."},
+        "servers": [{"url": base_url.rstrip("/") or "/"}],
+        "security": [{"jupyterToken": []}, {"jupyterBearer": []}],
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {
+                "jupyterToken": {"type": "apiKey", "in": "header", "name": "Authorization",
+                                 "description": "`token <Jupyter token>`"},
+                "jupyterBearer": {"type": "http", "scheme": "bearer",
+                                  "description": "the Jupyter token as a bearer token"}}},
+    }

@@ -1,0 +1,232 @@
+"""What the magics (and the control panel) show: tables with coloured state badges as HTML for
+notebooks, aligned plain text for terminals. Pure Python: no IPython or ipywidgets imports.
+
+Each view keeps the objects it shows (`SessionList` is a list of Session), so a cell's result is
+also data: `%serve status` returns the sessions, `%serve recipes` the recipe summaries.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+STATE_COLOURS = {
+    "pending": "#8d6e00", "starting": "#1565c0", "ready": "#2e7d32", "stopping": "#ef6c00",
+    "stopped": "#616161", "failed": "#c62828", "timeout": "#6a1b9a",
+}
+
+
+def badge(state: str, unreachable: bool = False) -> str:
+    """An HTML badge for a session state, coloured by state."""
+    colour = STATE_COLOURS.get(str(state), "#455a64")
+    text = html.escape(str(state)) + (" (unreachable)" if unreachable else "")
+    return (f'<span class="hpcserve-state hpcserve-{html.escape(str(state))}" '
+            f'style="background:{colour};color:#fff;border-radius:4px;padding:1px 6px;'
+            f'font-size:90%;white-space:nowrap">{text}</span>')
+
+
+def age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def text_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    rows = [[str(c) for c in row] for row in rows]
+    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in [list(header), *rows])
+
+
+def html_table(header: Sequence[str], rows: Iterable[Sequence[str]], *,
+               raw_columns: frozenset[int] = frozenset()) -> str:
+    """An HTML table; cells are escaped except in `raw_columns` (already HTML)."""
+    head = "".join(f'<th style="text-align:left">{html.escape(h)}</th>' for h in header)
+    body = []
+    for row in rows:
+        cells = "".join(
+            f'<td style="text-align:left">{c if i in raw_columns else html.escape(str(c))}</td>'
+            for i, c in enumerate(row))
+        body.append(f"<tr>{cells}</tr>")
+    return (f'<table class="hpcserve-table"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>")
+
+
+class _View:
+    """Plain text for terminals (repr and IPython's pretty printer), HTML for notebooks."""
+
+    def text(self) -> str:
+        raise NotImplementedError
+
+    def html(self) -> str:
+        return f"<pre>{html.escape(self.text())}</pre>"
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(self.text())
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
+
+def _state(s: Any) -> str:
+    return str(s.state) + (" (unreachable)" if getattr(s, "unreachable", False) else "")
+
+
+class SessionList(list, _View):
+    """Sessions as a table: id, name, recipe, backend, target, state badge, age, endpoint."""
+
+    HEADER = ("ID", "NAME", "RECIPE", "BACKEND", "TARGET", "STATE", "AGE", "ENDPOINT")
+
+    def __init__(self, sessions: Iterable[Any] = (), empty: str = "no sessions") -> None:
+        super().__init__(sessions)
+        self.empty = empty
+
+    def _rows(self, badges: bool) -> list[list[str]]:
+        now = time.time()
+        return [[s.id, s.name, s.recipe, s.backend, s.target,
+                 badge(str(s.state), s.unreachable) if badges else _state(s),
+                 age(now - s.created_at), s.endpoints[0] if s.endpoints else "-"]
+                for s in self]
+
+    def text(self) -> str:
+        return text_table(self.HEADER, self._rows(False)) if self else self.empty
+
+    def html(self) -> str:
+        if not self:
+            return f"<i>{html.escape(self.empty)}</i>"
+        return html_table(self.HEADER, self._rows(True), raw_columns=frozenset({5}))
+
+    __repr__ = _View.__repr__
+    _repr_pretty_ = _View._repr_pretty_
+
+
+class SessionDetail(_View):
+    """One session in full; an ended session also shows its reason and the engine's last lines."""
+
+    FIELDS = ("id", "name", "recipe", "backend", "target", "state", "reason", "model",
+              "endpoints", "owner")
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+
+    def _pairs(self) -> list[tuple[str, str]]:
+        s = self.session
+        info = s.public()
+        pairs = [(k, ", ".join(info[k]) if k == "endpoints" else str(info[k]))
+                 for k in self.FIELDS]
+        pairs.append(("age", age(time.time() - s.created_at)))
+        if s.unreachable:
+            pairs.append(("note", "the target is unreachable; state as last seen"))
+        return pairs
+
+    def text(self) -> str:
+        out = "\n".join(f"{k:10} {v}" for k, v in self._pairs())
+        if self.session.log_tail and self.session.state.terminal:
+            out += "\n--- last lines of the engine log ---\n" + self.session.log_tail
+        return out
+
+    def html(self) -> str:
+        rows = [(k, badge(v, self.session.unreachable) if k == "state" else html.escape(v))
+                for k, v in self._pairs()]
+        table = "".join(f'<tr><th style="text-align:left">{k}</th>'
+                        f'<td style="text-align:left">{v}</td></tr>' for k, v in rows)
+        tail = ""
+        if self.session.log_tail and self.session.state.terminal:
+            tail = (f"<details open><summary>last lines of the engine log</summary><pre>"
+                    f"{html.escape(self.session.log_tail)}</pre></details>")
+        return f'<table class="hpcserve-table">{table}</table>{tail}'
+
+
+class SessionNote(_View):
+    """A one-line outcome: `NAME: STATE` (after stop, keepalive, use...)."""
+
+    def __init__(self, session: Any, message: str | None = None) -> None:
+        self.session = session
+        self.message = message
+
+    def text(self) -> str:
+        s = self.session
+        return f"{s.name}: {self.message or _state(s)}"
+
+    def html(self) -> str:
+        s = self.session
+        what = html.escape(self.message) if self.message else badge(str(s.state), s.unreachable)
+        return f"<code>{html.escape(s.name)}</code>: {what}"
+
+
+class Table(list, _View):
+    """Rows of dicts (recipes, targets) shown with chosen columns."""
+
+    def __init__(self, rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, Any]],
+                 empty: str = "nothing to show") -> None:
+        super().__init__(rows)
+        self.columns = columns  # (header, key or callable)
+        self.empty = empty
+
+    def _cells(self) -> list[list[str]]:
+        return [[str(get(r) if callable(get) else r.get(get, "")) for _, get in self.columns]
+                for r in self]
+
+    def text(self) -> str:
+        return text_table([h for h, _ in self.columns], self._cells()) if self else self.empty
+
+    def html(self) -> str:
+        if not self:
+            return f"<i>{html.escape(self.empty)}</i>"
+        return html_table([h for h, _ in self.columns], self._cells())
+
+    __repr__ = _View.__repr__
+    _repr_pretty_ = _View._repr_pretty_
+
+
+class Text(_View):
+    """Preformatted text (logs, help) that scrolls in a notebook."""
+
+    def __init__(self, text: str, title: str | None = None) -> None:
+        self.body = text
+        self.title = title
+
+    def text(self) -> str:
+        return self.body
+
+    def html(self) -> str:
+        title = f"<b>{html.escape(self.title)}</b>" if self.title else ""
+        return (f'{title}<pre style="max-height:24em;overflow:auto">{html.escape(self.body)}'
+                "</pre>")
+
+
+def recipes_table(recipes: list[dict[str, Any]]) -> Table:
+    return Table(recipes, [
+        ("NAME", "name"), ("CATEGORY", "category"),
+        ("BACKENDS", lambda r: ",".join(r["backends"])),
+        ("GPUS", lambda r: r["resources"]["gpus"]), ("DESCRIPTION", "description")],
+        empty="no recipes")
+
+
+def targets_table(targets: list[dict[str, Any]]) -> Table:
+    return Table(targets, [
+        ("NAME", "name"), ("KIND", "kind"),
+        ("GPUS", lambda t: ",".join(map(str, t.get("gpus") or [])) or "-"),
+        ("WHERE", lambda t: t.get("host") or t.get("base_url") or "this machine")],
+        empty="no targets")
+
+
+def progress_line(session: Any, elapsed: float) -> str:
+    reason = f" ({session.reason})" if session.reason and session.reason != "serving" else ""
+    return f"{session.name}: {_state(session)}{reason}, {elapsed:.1f} s"
+
+
+def progress_html(session: Any, elapsed: float) -> str:
+    reason = (f" {html.escape(session.reason)}" if session.reason and session.reason != "serving"
+              else "")
+    state = badge(str(session.state), session.unreachable)
+    name = html.escape(session.name)
+    return f"<code>{name}</code> {state}{reason} <small>{elapsed:.1f} s</small>"

@@ -1,0 +1,506 @@
+"""The facade over HTTP: the same calls as `hpcserve_jupyter.api.Hpcserve`, answered by the
+Jupyter server extension's REST API (and its proxy for prompts), so a notebook kernel shares the
+one session manager its Jupyter server hosts.
+
+    from hpcserve_jupyter.remote import RemoteHpcserve, find_server
+    hp = RemoteHpcserve.connect()          # the server this kernel runs under
+    s = hp.launch("smollm2-135m")          # waits until ready (Server-Sent Events, no polling)
+    print(hp.prompt(s.id, "Why is the sky blue?"))
+
+`find_server()` looks for `HPCSERVE_SERVER_URL` (+ `HPCSERVE_SERVER_TOKEN`), else the running
+Jupyter server that is this process's ancestor (or whose root holds the kernel's notebook), and
+checks that the extension answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from .errors import (
+    BadInput,
+    EngineError,
+    HpcserveError,
+    LaunchError,
+    NotFound,
+    NotReady,
+    TargetUnreachable,
+)
+from .sessions import Session, State
+
+if TYPE_CHECKING:
+    from .api import Subscription
+
+API = "hpcserve/api"
+_KINDS: dict[str, type[HpcserveError]] = {
+    "BadInput": BadInput, "NotFound": NotFound, "RecipeError": BadInput, "NotReady": NotReady,
+    "InvalidTransition": NotReady, "EngineError": EngineError, "LaunchError": LaunchError,
+    "TargetUnreachable": TargetUnreachable, "HpcserveError": HpcserveError,
+}
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """A Jupyter server with the hpcserve extension: its URL (with base_url) and token."""
+
+    url: str
+    token: str
+    pid: int | None = None
+    root_dir: str | None = None
+
+
+def _error_from(response: httpx.Response) -> HpcserveError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):  # the gateway's OpenAI-shaped errors
+        body, err = err, err.get("message")
+    message = str(err or response.text[:300] or response.reason_phrase)
+    hint = body.get("detail") if isinstance(body, dict) else None
+    status = response.status_code
+    if status in (401, 403):
+        return HpcserveError(f"the Jupyter server refused the request ({status})",
+                             hint="check the token (HPCSERVE_SERVER_TOKEN)")
+    kind = _KINDS.get(str(body.get("type"))) if isinstance(body, dict) else None
+    if kind is EngineError:
+        return EngineError(message, status_code=status)
+    if kind is not None:
+        return kind(message, hint=hint)
+    if status == 404:
+        return NotFound(message, hint=hint)
+    if status == 400:
+        return BadInput(message, hint=hint)
+    if status in (409, 429, 502, 503, 504):
+        return NotReady(message, hint=hint)
+    return HpcserveError(message, hint=hint)
+
+
+class RemoteHpcserve:
+    """`Hpcserve`'s public methods over the extension's REST API."""
+
+    def __init__(self, base_url: str, token: str | None = None, *,
+                 timeout: float = 60.0) -> None:
+        self.base_url = base_url.rstrip("/") + "/"
+        self.token = token or ""
+        host = httpx.URL(self.base_url).host
+        self._http = httpx.Client(
+            headers={"Authorization": f"token {self.token}"} if self.token else {},
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            trust_env=host not in ("127.0.0.1", "localhost", "::1"))
+
+    @classmethod
+    def connect(cls, **kwargs: Any) -> RemoteHpcserve:
+        """The facade on the Jupyter server this process runs under (see find_server)."""
+        info = find_server()
+        if info is None:
+            raise HpcserveError("no running Jupyter server with the hpcserve extension was found",
+                                hint="start one (jupyter lab / jupyter server), or set "
+                                "HPCSERVE_SERVER_URL and HPCSERVE_SERVER_TOKEN")
+        return cls(info.url, info.token, **kwargs)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RemoteHpcserve:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _url(self, *parts: str) -> str:
+        return self.base_url + "/".join([API, *(urllib.parse.quote(p, safe="") for p in parts)])
+
+    def _call(self, method: str, *parts: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, self._url(*parts), **kwargs)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        if response.status_code >= 400:
+            raise _error_from(response)
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+    def _unreachable(self, exc: Exception) -> HpcserveError:
+        return TargetUnreachable(f"cannot reach the Jupyter server at {self.base_url}: "
+                                 f"{type(exc).__name__}{': ' + str(exc) if str(exc) else ''}",
+                                 hint="is it running? (HPCSERVE_SERVER_URL)")
+
+    # ------------------------------------------------------------------ catalog
+
+    def recipes(self) -> list[dict[str, Any]]:
+        return self._call("GET", "recipes")["recipes"]
+
+    def recipe(self, name: str) -> dict[str, Any]:
+        return self._call("GET", "recipes", name)
+
+    def recipe_errors(self) -> dict[str, str]:
+        return self._call("GET", "recipes")["errors"]
+
+    def targets(self) -> list[dict[str, Any]]:
+        return self._call("GET", "targets")["targets"]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def launch(self, recipe: str, *, backend: str | None = None, on: str = "local",
+               name: str | None = None, wait: bool = True, timeout: float | None = None,
+               progress: Callable[[Session], None] | None = None, **overrides: Any) -> Session:
+        """Launch `recipe` on target `on`; with wait=True return once it is ready (or ended)."""
+        body = {"recipe": recipe, "backend": backend, "target": on, "name": name,
+                "overrides": overrides}
+        session = Session.from_dict(self._call("POST", "sessions", json=body))
+        if wait:
+            session = self.wait(session.id, timeout=timeout, progress=progress)
+        return session
+
+    def wait(self, key: str, *, timeout: float | None = None,
+             progress: Callable[[Session], None] | None = None) -> Session:
+        """Until the session is ready (or ends), following the server's event stream."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        session = self.status(key)
+        while True:
+            if progress:
+                progress(session)
+            if session.state == State.READY or session.state.terminal:
+                return session
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise NotReady(f"session {session.name} is still {session.state} after "
+                               f"{timeout:.0f} s", hint="wait longer, or check its logs")
+            try:
+                session = self._next_change(session, left)
+            except httpx.TimeoutException:
+                session = self.status(session.id)
+            except httpx.HTTPError as exc:
+                raise self._unreachable(exc) from None
+
+    def _next_change(self, session: Session, left: float | None) -> Session:
+        """The session after its next state change (or when `left` seconds have passed)."""
+        read = 60.0 if left is None else max(0.05, min(left, 60.0))
+        timeout = httpx.Timeout(read, connect=10.0)
+        until = None if left is None else time.monotonic() + left
+        with self._http.stream("GET", self._url("events"), timeout=timeout) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise _error_from(response)
+            current = self.status(session.id)  # subscribed: nothing can be missed now
+            if current.state != session.state:
+                return current
+            for data in _sse_data(response.iter_lines(), until):
+                if data is None:
+                    break  # keepalive past the deadline
+                event = json.loads(data)
+                found = event.get("session")
+                if event.get("type") == "snapshot":
+                    found = next((s for s in event.get("sessions", [])
+                                  if s.get("id") == session.id), None)
+                if found and found.get("id") == session.id:
+                    changed = Session.from_dict(found)
+                    if changed.state != session.state:
+                        return changed
+        return self.status(session.id)
+
+    def sessions(self, *, live_only: bool = False) -> list[Session]:
+        data = self._call("GET", "sessions", params={"live": "1" if live_only else "0"})
+        return [Session.from_dict(s) for s in data["sessions"]]
+
+    def status(self, key: str) -> Session:
+        return Session.from_dict(self._call("GET", "sessions", key))
+
+    def refresh(self) -> None:
+        """One monitor pass now (the server's loop does this every poll interval anyway)."""
+        self._call("POST", "refresh")
+
+    def stop(self, key: str) -> Session:
+        return Session.from_dict(self._call("DELETE", "sessions", key))
+
+    def keepalive(self, key: str) -> Session:
+        return Session.from_dict(self._call("POST", "sessions", key, "keepalive"))
+
+    def logs(self, key: str, tail: int | None = 100) -> str:
+        return self._call("GET", "sessions", key, "logs", params={"tail": tail or 0})
+
+    def follow_logs(self, key: str, *, from_start: bool = True) -> Iterator[str]:
+        params = {"follow": "1", "from_start": "1" if from_start else "0"}
+        timeout = httpx.Timeout(None, connect=10.0)
+        try:
+            with self._http.stream("GET", self._url("sessions", key, "logs"), params=params,
+                                   timeout=timeout) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_from(response)
+                yield from response.iter_text()
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+
+    def events(self, key: str | None = None) -> list[dict[str, Any]]:
+        params = {"session": key} if key else {}
+        return self._call("GET", "events", "log", params=params)["events"]
+
+    # ------------------------------------------------------------------ events (front ends)
+
+    def watch(self, *, snapshot: bool = True) -> Subscription:
+        """Manager events as they happen (the server's event stream): a `snapshot` of the live
+        sessions first (unless snapshot=False), then one event per change."""
+        from .api import Subscription
+
+        sub = Subscription()
+        opened = threading.Event()
+        holder: dict[str, Any] = {}
+
+        def pump() -> None:
+            timeout = httpx.Timeout(None, connect=10.0)
+            try:
+                with self._http.stream("GET", self._url("events"), timeout=timeout) as r:
+                    holder["response"] = r
+                    opened.set()
+                    if r.status_code >= 400:
+                        r.read()
+                        holder["error"] = _error_from(r)
+                        return
+                    for data in _sse_data(r.iter_lines(), None):
+                        if sub.closed:
+                            return
+                        event = json.loads(data or "{}")
+                        if event.get("type") == "snapshot" and not snapshot:
+                            continue
+                        sub.put(event)
+            except (httpx.HTTPError, OSError, RuntimeError) as exc:
+                holder.setdefault("error", self._unreachable(exc))
+            finally:
+                opened.set()
+                sub.close()
+
+        def stop() -> None:
+            response = holder.get("response")
+            if response is not None:
+                with contextlib.suppress(Exception):
+                    response.close()
+
+        sub.on_close(stop)
+        threading.Thread(target=pump, name="hpcserve-remote-events", daemon=True).start()
+        opened.wait(15)
+        if "error" in holder:
+            raise holder["error"]
+        return sub
+
+    def subscribe(self, callback: Callable[[dict[str, Any]], None], *,
+                  snapshot: bool = True) -> Subscription:
+        """Call `callback(event)` for every event (see watch) on a dispatcher thread;
+        `.close()` on the result unsubscribes."""
+        from .api import deliver
+
+        return deliver(self.watch(snapshot=snapshot), callback)
+
+    def set_target_secrets(self, target: str, values: dict[str, str]) -> None:
+        """Put secrets into the server's environment, where its targets read them (the
+        kernel's environment would not reach them); only names target_secrets lists."""
+        self._call("PUT", "targets", target, "secrets", json=dict(values))
+
+    def target_secrets(self, target: str) -> list[dict[str, Any]]:
+        """The secrets a target reads from environment variables, as front ends ask for them:
+        `[{"label", "env", "is_set"}]` (names only; `is_set` in the server's environment)."""
+        return self._call("GET", "targets", target, "secrets")["secrets"]
+
+    # ------------------------------------------------------------------ prompting
+
+    def client(self, key: str) -> tuple[Any, Session]:
+        """An OpenAI-compatible client for a ready session, through the server's proxy."""
+        from .client import Client
+
+        session = self.status(key)
+        if session.state != State.READY or not session.endpoints:
+            hint = "wait for it: hpcserve status, or launch with --wait"
+            if session.state.terminal:
+                hint = "launch it again: it has ended"
+            raise NotReady(f"session {session.name} is {session.state}, not ready", hint=hint)
+        url = f"{self.base_url}hpcserve/proxy/{session.id}"
+        return Client(url, api_key=self.token or None), session
+
+    def models(self, key: str) -> list[str]:
+        client, _ = self.client(key)
+        with client:
+            return client.models()
+
+    def prompt(self, key: str, text: str | list[dict[str, Any]], *, system: str | None = None,
+               **params: Any) -> str:
+        """The whole chat answer to `text` (a string or a list of chat messages)."""
+        client, session = self.client(key)
+        with client:
+            return client.chat(session.model, text, system=system, **params)
+
+    def stream(self, key: str, text: str | list[dict[str, Any]], *, system: str | None = None,
+               **params: Any) -> Iterator[str]:
+        """Text deltas of the chat answer as they arrive."""
+        client, session = self.client(key)
+        with client:
+            yield from client.stream_chat(session.model, text, system=system, **params)
+
+    def complete(self, key: str, prompt: str, **params: Any) -> str:
+        client, session = self.client(key)
+        with client:
+            return client.complete(session.model, prompt, **params)
+
+    def embed(self, key: str, texts: str | list[str]) -> list[list[float]]:
+        client, session = self.client(key)
+        with client:
+            return client.embeddings(session.model, texts)
+
+    # ------------------------------------------------------------------ batch and load tests
+
+    def batch(self, key: str, prompts: Any, *, concurrency: int = 8, progress: bool = True,
+              system: str | None = None, **params: Any) -> Any:
+        """Answer many prompts with `concurrency` in flight (see hpcserve_jupyter.batch)."""
+        from .batch import run_batch
+
+        return run_batch(self, key, prompts, concurrency=concurrency, progress=progress,
+                         system=system, **params)
+
+    def bench(self, key: str, **kwargs: Any) -> Any:
+        """Load-test a ready session (see hpcserve_jupyter.bench.run_bench)."""
+        from .bench import run_bench
+
+        return run_bench(self, key, **kwargs)
+
+
+def _sse_data(lines: Iterator[str], until: float | None) -> Iterator[str | None]:
+    """`data` of each server-sent event; None once `until` has passed (seen at a keepalive)."""
+    data: list[str] = []
+    for line in lines:
+        if line.startswith(":"):
+            if until is not None and time.monotonic() >= until:
+                yield None
+            continue
+        if not line.strip():
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        field, _, value = line.partition(":")
+        if field == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+
+
+# ---------------------------------------------------------------------- finding the server
+
+
+def find_server(*, check: bool = True, timeout: float = 5.0) -> ServerInfo | None:
+    """The Jupyter server this process runs under, with the hpcserve extension answering.
+
+    1. `HPCSERVE_SERVER_URL` (+ `HPCSERVE_SERVER_TOKEN`, else `JUPYTER_TOKEN`): used as given;
+       an error if it does not answer.
+    2. Running servers (jupyter_server.serverapp.list_running_servers()), best match first:
+       the server whose pid is an ancestor of this process (a kernel's parent is its server),
+       then one whose root_dir holds this kernel's notebook (JPY_SESSION_NAME) or whose runtime
+       directory holds the kernel's connection file; the first that answers
+       GET /hpcserve/api/recipes wins. None when none does.
+    """
+    url = os.environ.get("HPCSERVE_SERVER_URL")
+    if url:
+        token = os.environ.get("HPCSERVE_SERVER_TOKEN") or os.environ.get("JUPYTER_TOKEN", "")
+        info = ServerInfo(url.rstrip("/") + "/", token)
+        if check and not _answers(info, timeout):
+            raise HpcserveError(f"HPCSERVE_SERVER_URL={url} does not answer as a Jupyter server "
+                                "with the hpcserve extension",
+                                hint="check the URL and HPCSERVE_SERVER_TOKEN, and that the "
+                                "extension is enabled (jupyter server extension list)")
+        return info
+    for info in _ranked(_running_servers()):
+        if not check or _answers(info, timeout):
+            return info
+    return None
+
+
+def _running_servers() -> list[dict[str, Any]]:
+    try:
+        from jupyter_server.serverapp import list_running_servers
+    except ImportError:  # a kernel in an environment without jupyter_server
+        return _server_files()
+    return list(list_running_servers())
+
+
+def _server_files() -> list[dict[str, Any]]:
+    import psutil
+
+    from .paths import jupyter_data_dir
+
+    runtime = Path(os.environ.get("JUPYTER_RUNTIME_DIR") or jupyter_data_dir() / "runtime")
+    found = []
+    for path in sorted(runtime.glob("jpserver-*.json")):
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if "pid" in info and psutil.pid_exists(int(info["pid"])):
+            found.append(info)
+    return found
+
+
+def _ancestors() -> list[int]:
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process().parents()]
+    except psutil.Error:
+        return [os.getppid()]
+
+
+def _connection_file() -> str | None:
+    import sys
+
+    argv = sys.argv
+    for i, arg in enumerate(argv):
+        if arg in ("-f", "--f") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--f="):
+            return arg[4:]
+    return None
+
+
+def _ranked(servers: list[dict[str, Any]]) -> list[ServerInfo]:
+    ancestors = [os.getpid(), *_ancestors()]  # a server may also use the facade itself
+    parent = os.environ.get("JPY_PARENT_PID")
+    notebook = os.environ.get("JPY_SESSION_NAME", "")
+    connection = _connection_file()
+
+    def score(s: dict[str, Any]) -> tuple[int, ...]:
+        pid = int(s.get("pid") or -1)
+        root = str(s.get("root_dir") or s.get("notebook_dir") or "")
+        in_root = bool(notebook and root and os.path.abspath(notebook).startswith(
+            os.path.abspath(root).rstrip(os.sep) + os.sep))
+        runtime = bool(connection and s.get("_runtime_dir")
+                       and Path(connection).parent == Path(s["_runtime_dir"]))
+        depth = ancestors.index(pid) if pid in ancestors else len(ancestors) + 1
+        return (-(pid in ancestors), depth, -(str(pid) == parent), -in_root, -runtime)
+
+    # Only servers tied to this process: a kernel run by nbval or a script beside some unrelated
+    # Jupyter server must not start sharing that server's sessions.
+    ranked = [s for s in sorted(servers, key=score)
+              if score(s)[0] < 0 or any(v < 0 for v in score(s)[2:])]
+    return [ServerInfo(str(s["url"]).rstrip("/") + "/", str(s.get("token") or ""),
+                       int(s["pid"]) if s.get("pid") else None,
+                       s.get("root_dir") or s.get("notebook_dir")) for s in ranked]
+
+
+def _answers(info: ServerInfo, timeout: float) -> bool:
+    headers = {"Authorization": f"token {info.token}"} if info.token else {}
+    try:
+        r = httpx.get(f"{info.url}{API}/recipes", headers=headers, timeout=timeout,
+                      trust_env=False)
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200
