@@ -10,7 +10,8 @@ STAMP := $(VENV)/.installed
 # llama-cpp-python has no wheel on PyPI: it compiles (6-9 min on 2 cores, once; pip caches it).
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
-.PHONY: demo test venv lint bench cluster-start cluster-stop vllm-env labextension clean
+.PHONY: demo test venv lint bench reliability cluster-start cluster-stop vllm-env labextension \
+	clean
 
 venv: $(STAMP)
 
@@ -49,6 +50,10 @@ test: $(STAMP) vllm-env cluster-start labextension lint
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+# The fault, abuse and load suite (also part of make test), with each R-figure printed.
+reliability: $(STAMP) cluster-start
+	$(PY) benchmarks/reliability.py
 
 clean:
 	rm -rf $(VENV) .venv-vllm build dist labextension/node_modules labextension/lib \

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from . import paths
-from .errors import BadInput, HpcserveError, LaunchError, NotFound, NotReady
+from .errors import BadInput, HpcserveError, LaunchError, NotFound, NotReady, TargetUnreachable
 from .monitorlock import MonitorLock
 from .recipes import Catalog
 from .secrets import master_key, redact, session_api_key
@@ -40,7 +40,8 @@ class SessionManager:
     def __init__(self, home: Path | None = None, *, catalog: Catalog | None = None,
                  target_configs: dict[str, dict[str, Any]] | None = None,
                  poll_interval: float = 2.0, start_timeout: float = 1800.0,
-                 default_idle_timeout: int | None = None, owner: str | None = None) -> None:
+                 default_idle_timeout: int | None = None, owner: str | None = None,
+                 launch_grace: float = 60.0) -> None:
         self.home = home or paths.home()
         self.store = Store(self.home / "sessions.db")
         self._monitor_lock = MonitorLock(self.home / "monitor.lock")
@@ -51,6 +52,7 @@ class SessionManager:
         self.poll_interval = poll_interval
         self.start_timeout = start_timeout
         self.default_idle_timeout = default_idle_timeout
+        self.launch_grace = launch_grace  # after this, a launch without handle was interrupted
         self.owner = owner or _whoami()
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._monitor: asyncio.Task[None] | None = None
@@ -193,7 +195,8 @@ class SessionManager:
 
     def session_dir(self, session: Session) -> Path:
         path = self.home / "sessions" / session.id
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.parent.mkdir(exist_ok=True, mode=0o700)  # parents=True would make it 0755
+        path.mkdir(exist_ok=True, mode=0o700)
         return path
 
     def _secrets(self, session: Session) -> dict[str, str]:
@@ -348,11 +351,36 @@ class SessionManager:
             for s in self.store.all(live_only=True):
                 if s.handle:
                     by_target[s.target].append(s)
-                elif time.time() - s.created_at > 60:
+                elif time.time() - s.created_at > self.launch_grace:
                     # A launch that never recorded its handle (manager killed mid-launch).
-                    self._set(s, State.FAILED, "the launch did not complete (manager stopped "
-                              "during launch)", event="launch-lost")
+                    with contextlib.suppress(StaleSession):
+                        await self._recover_launch(s)
             await asyncio.gather(*(self._poll_target(t, ss) for t, ss in by_target.items()))
+
+    async def _recover_launch(self, s: Session) -> None:
+        """Ask the target whether a job/process of this interrupted launch exists: adopt it
+        (the target returns its handle) or have it cancelled; only then is the session failed,
+        so nothing is left running unknown. A target that cannot be asked is retried."""
+        lost = "the launch did not complete (manager stopped during launch)"
+        try:
+            adopt = getattr(self.target(s.target), "adopt", None)
+            handle = await adopt(s.id, s.name) if adopt else None
+        except TargetUnreachable as exc:
+            if not s.unreachable:
+                s.unreachable = True
+                self._write(s, "unreachable", exc.message)
+            return
+        except HpcserveError as exc:
+            self._set(s, State.FAILED, f"{lost}; the target could not be checked: "
+                      f"{exc.message}", event="launch-lost")
+            return
+        if handle:
+            s.handle, s.unreachable = dict(handle), False
+            self._write(s, "adopted", "found running after an interrupted launch")
+            self.wake()
+        else:
+            self._set(s, State.FAILED, lost + ("; nothing of it runs" if adopt else ""),
+                      event="launch-lost")
 
     async def _poll_target(self, target_name: str, sessions: list[Session]) -> None:
         try:

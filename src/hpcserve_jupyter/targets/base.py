@@ -88,6 +88,11 @@ class Target:
         """Base URLs the client can reach from here (tunnel ends for remote targets)."""
         raise NotImplementedError
 
+    # Optional: `async def adopt(self, session_id: str, name: str) -> dict | None` finds what
+    # a launch interrupted before its handle was stored started (by the session mark, job name
+    # or pod id): a handle to adopt, or None once anything found was cancelled. Without it the
+    # manager marks such a session failed.
+
     async def close(self) -> None:
         """Release connections and tunnels; never stops sessions."""
 

@@ -273,6 +273,16 @@ class LocalTarget(Target):
         await asyncio.sleep(0)
         self._reap()
 
+    async def adopt(self, session_id: str, name: str) -> dict[str, Any] | None:
+        """After a launch whose handle was never recorded: stop every process group that
+        carries the session's mark (a half-started launch is not worth adopting) and return
+        None, as nothing runs for the session any more."""
+        groups = await asyncio.to_thread(_marked_groups, session_id)
+        if groups:
+            await self.stop({"session_id": session_id,
+                             "replicas": [{"pid": g, "create_time": t} for g, t in groups]})
+        return None
+
     async def read_logs(self, handle: Mapping[str, Any], offset: int = 0) -> tuple[str, int]:
         replicas = handle.get("replicas") or []
         if not replicas:
@@ -299,3 +309,18 @@ class LocalTarget(Target):
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def _marked_groups(session_id: str) -> list[tuple[int, float]]:
+    """(process group, its earliest start time) of the processes marked with this session."""
+    groups: dict[int, float] = {}
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get(SESSION_MARK) != session_id:
+                continue
+            pgid = os.getpgid(proc.pid)
+            started = proc.create_time()
+        except (psutil.Error, OSError):
+            continue
+        groups[pgid] = min(started, groups.get(pgid, started))
+    return sorted(groups.items())

@@ -46,6 +46,7 @@ USER_SSH_CONFIG = "~/.ssh/config"
 USER_KNOWN_HOSTS = "~/.ssh/known_hosts"
 _BUFFER = 64 * 1024
 _POLL = 0.25
+_IDLE_CHECK = 1.0  # seconds between liveness checks of an idle tunnelled connection
 _MAX_JUMP_DEPTH = 5
 # Errors that mean "the SSH connection is gone", as opposed to a remote file or command error.
 _CONNECTION_ERRORS = (paramiko.SSHException, EOFError, ConnectionError, TimeoutError)
@@ -987,6 +988,10 @@ class _Tunnel:
         finally:
             with self._lock:
                 self._links.discard(link)
+            # shutdown first: close() alone sends no FIN while the other copy thread is still
+            # blocked in recv on this socket, and the client would wait for its read timeout.
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
             client.close()
             channel.close()
 
@@ -1025,8 +1030,20 @@ def _pump(client: socket.socket, channel: paramiko.Channel, stop: threading.Even
 
     sender = threading.Thread(target=upstream, daemon=True, name="ssh-tunnel-up")
     sender.start()
+    # A transport killed under us does not always wake a blocked recv: wake up every second
+    # while idle and give up once the transport is gone, so the client sees the stream break.
+    channel.settimeout(_IDLE_CHECK)
     try:
-        while chunk := channel.recv(_BUFFER):
+        while True:
+            try:
+                chunk = channel.recv(_BUFFER)
+            except TimeoutError:
+                transport = channel.get_transport()
+                if stop.is_set() or transport is None or not transport.is_active():
+                    return  # the caller closes the client socket: the stream ends with an error
+                continue
+            if not chunk:
+                break
             client.sendall(chunk)
         if channel.closed or stop.is_set():
             return  # the server side is gone entirely: nothing more can be sent

@@ -181,6 +181,26 @@ class SlurmTarget(Target):
         return {"job_id": job_id, "workdir": workdir, "session_id": req.session_id,
                 "job_name": script.job_name(req.name, req.session_id)}
 
+    async def adopt(self, session_id: str, name: str) -> dict[str, Any] | None:
+        """After a launch whose handle was never recorded: the handle of the job submitted
+        for it (found by its name), or None when none is queued or running."""
+        return await asyncio.to_thread(self._adopt, session_id, name)
+
+    def _adopt(self, session_id: str, name: str) -> dict[str, Any] | None:
+        if not re.fullmatch(r"[a-f0-9]{4,32}", session_id):
+            return None
+        job_name = script.job_name(name, session_id)
+        out = self._scheduler(["squeue", "--noheader", "--me", f"--name={job_name}",
+                               "--format=%i"])
+        jobs = sorted((j for j in out.split() if j.isdigit()), key=int)
+        if not jobs:
+            return None
+        workdir = posixpath.join(self.base_dir(), "sessions", session_id)
+        for extra in jobs[1:]:  # never more than one submission per session
+            self._stop({"job_id": extra})
+        return {"job_id": jobs[0], "workdir": workdir, "session_id": session_id,
+                "job_name": job_name}
+
     # ------------------------------------------------------------------ poll
 
     async def poll(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, TargetStatus]:

@@ -1,0 +1,95 @@
+"""A manager killed with SIGKILL in the middle of a launch: after the target started the
+engine / accepted the job, before the session record got its handle. A restarted manager must
+adopt what runs (SLURM: the job, found by its name) or cancel it (local: the marked process
+groups), and never leave it running unknown. The manager is frozen at that exact point by
+wrapping the real target's launch in the child process (the target itself is untouched)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import marked_processes, record, slurm_jobs, until
+from hpcserve_jupyter.api import Hpcserve
+from hpcserve_jupyter.sessions import State
+
+pytestmark = [pytest.mark.model, pytest.mark.timeout(400)]
+
+CHILD = textwrap.dedent("""
+    import asyncio, json, sys
+    from hpcserve_jupyter.api import Hpcserve
+    configs, target = json.loads(sys.argv[1]), sys.argv[2]
+    h = Hpcserve(poll_interval=0.5, target_configs=configs)
+    tgt = h.manager.target(target)
+    real = tgt.launch
+
+    async def launch_then_freeze(req):
+        handle = await real(req)  # the engine runs / the job is queued...
+        print(json.dumps({"sid": req.session_id, "handle": handle}), flush=True)
+        await asyncio.sleep(3600)  # ...and the manager dies before recording the handle
+
+    tgt.launch = launch_then_freeze
+    h.launch("smollm2-135m", on=target, wait=False)
+""")
+
+
+def _launch_and_kill(configs: dict, target: str) -> dict:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(configs), target],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait()
+    return info
+
+
+def test_local_launch_interrupted_is_cancelled(isolated_home):
+    configs = {"local": {"kind": "local"}}
+    info = _launch_and_kill(configs, "local")
+    sid = info["sid"]
+    assert until(lambda: sid in marked_processes(isolated_home), 5), "the engine should be running"
+    h = Hpcserve(poll_interval=0.5, launch_grace=1.0, target_configs=configs)
+    try:
+        start = time.monotonic()
+        s = until(lambda: (x := h.status(sid)).state.terminal and x, 15)
+        took = time.monotonic() - start
+        assert s and s.state == State.FAILED, s
+        assert "nothing of it runs" in s.reason, s.reason
+        left = until(lambda: sid not in marked_processes(isolated_home), 10)
+        assert left, marked_processes(isolated_home)
+        record("R-launch-kill", local_outcome="cancelled", local_orphans=0,
+               local_restart_to_resolved_s=round(took, 2), launch_grace_s=1.0)
+    finally:
+        h.close()
+
+
+def test_slurm_launch_interrupted_is_adopted(slurm_config, cluster):
+    configs = {"local": {"kind": "local"}, "cluster": slurm_config}
+    info = _launch_and_kill(configs, "cluster")
+    sid, job = info["sid"], info["handle"]["job_id"]
+    name = info["handle"]["job_name"]
+    assert name in slurm_jobs(cluster.user)
+    h = Hpcserve(poll_interval=0.5, launch_grace=1.0, target_configs=configs)
+    try:
+        start = time.monotonic()
+        s = h.wait(sid, timeout=180)
+        took = time.monotonic() - start
+        assert s.state == State.READY, (s.state, s.reason, s.log_tail)
+        assert s.handle["job_id"] == job
+        assert "adopted" in [e["kind"] for e in h.events(sid)]
+        assert h.prompt(sid, "Say hi.", max_tokens=8).strip()
+        stopped = h.stop(sid)
+        assert stopped.state == State.STOPPED
+        assert until(lambda: name not in slurm_jobs(cluster.user), 30)
+        record("R-launch-kill", slurm_outcome="adopted", slurm_orphans=0,
+               slurm_restart_to_ready_s=round(took, 2))
+    finally:
+        for s in h.sessions(live_only=True):
+            h.stop(s.id)
+        h.close()
