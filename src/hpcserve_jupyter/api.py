@@ -19,8 +19,8 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
-from .errors import NotReady
-from .sessions import Session, State
+from .prompting import Prompting, require_ready
+from .sessions import Session
 
 T = TypeVar("T")
 
@@ -50,7 +50,7 @@ class _LoopThread:
         self.thread.join(timeout=5)
 
 
-class Hpcserve:
+class Hpcserve(Prompting):
     """One embedded manager and the calls front ends make on it."""
 
     def __init__(self, *, monitor: bool = True, **manager_kwargs: Any) -> None:
@@ -137,46 +137,13 @@ class Hpcserve:
         from .client import Client
 
         session = self.manager.get(key)
-        if session.state != State.READY or not session.endpoints:
-            hint = "wait for it: hpcserve status, or launch with --wait"
-            if session.state.terminal:
-                hint = "launch it again: it has ended"
-            raise NotReady(f"session {session.name} is {session.state}, not ready", hint=hint)
+        require_ready(session)
         url = session.endpoints[next(self._rr) % len(session.endpoints)]
         self.manager.touch(session.id)
         return Client(url, api_key=self.manager.api_key(session)), session
 
-    def models(self, key: str) -> list[str]:
-        client, _ = self.client(key)
-        with client:
-            return client.models()
-
-    def prompt(self, key: str, text: str | list[dict[str, Any]], *, system: str | None = None,
-               **params: Any) -> str:
-        """The whole chat answer to `text` (a string or a list of chat messages)."""
-        client, session = self.client(key)
-        with client:
-            return client.chat(session.model, text, system=system, **params)
-
-    def stream(self, key: str, text: str | list[dict[str, Any]], *, system: str | None = None,
-               **params: Any) -> Iterator[str]:
-        """Text deltas of the chat answer as they arrive."""
-        client, session = self.client(key)
-        with client:
-            yield from client.stream_chat(session.model, text, system=system, **params)
+    def _answered(self, session: Session) -> None:
         self.manager.touch(session.id)
-
-    def complete(self, key: str, prompt: str, **params: Any) -> str:
-        client, session = self.client(key)
-        with client:
-            return client.complete(session.model, prompt, **params)
-
-    def embed(self, key: str, texts: str | list[str]) -> list[list[float]]:
-        client, session = self.client(key)
-        with client:
-            return client.embeddings(session.model, texts)
-
-    # ------------------------------------------------------------------ events (front ends)
 
     def watch(self, *, snapshot: bool = True) -> Subscription:
         """Manager events as they happen, for a front end: iterate the subscription (or .get()).
@@ -235,24 +202,6 @@ class Hpcserve:
         """Put secrets where `target` reads them: this process's environment (the embedded
         manager runs here), under variable names that target_secrets(target) lists."""
         apply_secrets(target, self.target_secrets(target), values)
-
-    # ------------------------------------------------------------------ batch and load tests
-
-    def batch(self, key: str, prompts: Any, *, concurrency: int = 8, progress: bool = True,
-              system: str | None = None, **params: Any) -> Any:
-        """Answer many prompts (a list, or a pandas Series) with `concurrency` in flight; results
-        in input order, each with .text or .error (see hpcserve_jupyter.batch)."""
-        from .batch import run_batch
-
-        return run_batch(self, key, prompts, concurrency=concurrency, progress=progress,
-                         system=system, **params)
-
-    def bench(self, key: str, **kwargs: Any) -> Any:
-        """Load-test a ready session; writes load_test_report.json and load_test_evaluation.json
-        (see hpcserve_jupyter.bench.run_bench for the arguments)."""
-        from .bench import run_bench
-
-        return run_bench(self, key, **kwargs)
 
 
 _default: Hpcserve | None = None

@@ -36,6 +36,7 @@ from .errors import (
     NotReady,
     TargetUnreachable,
 )
+from .prompting import Prompting, require_ready
 from .sessions import Session, State
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def _error_from(response: httpx.Response) -> HpcserveError:
     return HpcserveError(message, hint=hint)
 
 
-class RemoteHpcserve:
+class RemoteHpcserve(Prompting):
     """`Hpcserve`'s public methods over the extension's REST API."""
 
     def __init__(self, base_url: str, token: str | None = None, *,
@@ -323,59 +324,9 @@ class RemoteHpcserve:
         from .client import Client
 
         session = self.status(key)
-        if session.state != State.READY or not session.endpoints:
-            hint = "wait for it: hpcserve status, or launch with --wait"
-            if session.state.terminal:
-                hint = "launch it again: it has ended"
-            raise NotReady(f"session {session.name} is {session.state}, not ready", hint=hint)
+        require_ready(session)
         url = f"{self.base_url}hpcserve/proxy/{session.id}"
         return Client(url, api_key=self.token or None), session
-
-    def models(self, key: str) -> list[str]:
-        client, _ = self.client(key)
-        with client:
-            return client.models()
-
-    def prompt(self, key: str, text: str | list[dict[str, Any]], *, system: str | None = None,
-               **params: Any) -> str:
-        """The whole chat answer to `text` (a string or a list of chat messages)."""
-        client, session = self.client(key)
-        with client:
-            return client.chat(session.model, text, system=system, **params)
-
-    def stream(self, key: str, text: str | list[dict[str, Any]], *, system: str | None = None,
-               **params: Any) -> Iterator[str]:
-        """Text deltas of the chat answer as they arrive."""
-        client, session = self.client(key)
-        with client:
-            yield from client.stream_chat(session.model, text, system=system, **params)
-
-    def complete(self, key: str, prompt: str, **params: Any) -> str:
-        client, session = self.client(key)
-        with client:
-            return client.complete(session.model, prompt, **params)
-
-    def embed(self, key: str, texts: str | list[str]) -> list[list[float]]:
-        client, session = self.client(key)
-        with client:
-            return client.embeddings(session.model, texts)
-
-    # ------------------------------------------------------------------ batch and load tests
-
-    def batch(self, key: str, prompts: Any, *, concurrency: int = 8, progress: bool = True,
-              system: str | None = None, **params: Any) -> Any:
-        """Answer many prompts with `concurrency` in flight (see hpcserve_jupyter.batch)."""
-        from .batch import run_batch
-
-        return run_batch(self, key, prompts, concurrency=concurrency, progress=progress,
-                         system=system, **params)
-
-    def bench(self, key: str, **kwargs: Any) -> Any:
-        """Load-test a ready session (see hpcserve_jupyter.bench.run_bench)."""
-        from .bench import run_bench
-
-        return run_bench(self, key, **kwargs)
-
 
 def _sse_data(lines: Iterator[str], until: float | None) -> Iterator[str | None]:
     """`data` of each server-sent event; None once `until` has passed (seen at a keepalive)."""
