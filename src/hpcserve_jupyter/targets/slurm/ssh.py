@@ -698,11 +698,14 @@ class SSHConnection:
             except paramiko.ChannelException as exc:
                 raise SSHUnreachable(f"{self.label} refused to open {what}: {exc.text}") from exc
             except (paramiko.SSHException, EOFError, OSError) as exc:
-                self._mark_dead(transport)
+                # Only a transport that is really gone is torn down: other threads' commands
+                # and tunnels still run on a live one (a slow channel open is not a dead link).
+                if not transport.is_active():
+                    self._mark_dead(transport)
                 if attempt == 2:
                     raise SSHUnreachable(f"cannot open {what} on {self.label}: "
                                          f"{_describe(exc)}") from exc
-                log.warning("opening %s on %s failed (%s); reconnecting", what, self.label,
+                log.warning("opening %s on %s failed (%s); trying again", what, self.label,
                             _describe(exc))
         raise AssertionError("unreachable")
 
@@ -717,11 +720,13 @@ class SSHConnection:
         `timeout` seconds, SSHUnreachable when the connection is lost mid-command.
         """
         command = build_command(argv, login_shell=login_shell)
+        # Without stdin the remote shell gives the command EOF from /dev/null; we never send one.
+        wire = command if stdin is not None else command + " </dev/null"
         channel = self._open_channel(
             lambda t: t.open_session(timeout=self.settings.connect_timeout), "a session")
         try:
             try:
-                channel.exec_command(command)
+                channel.exec_command(wire)
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 raise SSHUnreachable(f"{self.label} did not start the command: "
                                      f"{_describe(exc)}") from exc
@@ -768,8 +773,12 @@ class SSHConnection:
                         self._sftp_transport = transport
                     return operation(self._sftp)
                 except _CONNECTION_ERRORS as exc:
+                    if self._sftp is not None:
+                        with contextlib.suppress(Exception):
+                            self._sftp.close()
                     self._sftp = None
-                    self._mark_dead(transport)
+                    if not transport.is_active():  # else only the SFTP channel is dropped
+                        self._mark_dead(transport)
                     if attempt == 2:
                         raise SSHUnreachable(f"SFTP {what} on {self.label} failed: "
                                              f"{_describe(exc)}") from exc
@@ -911,8 +920,12 @@ def _exchange(channel: paramiko.Channel, stdin: bytes | None, timeout: float | N
                 view = view[sent:]
             channel.shutdown_write()
 
-    helpers = [threading.Thread(target=drain, args=(channel.recv_stderr, err), daemon=True),
-               threading.Thread(target=feed, daemon=True)]
+    helpers = [threading.Thread(target=drain, args=(channel.recv_stderr, err), daemon=True)]
+    if stdin is not None:
+        # Without stdin the command reads /dev/null (see run): no EOF is sent at all, because
+        # an EOF that crosses the server's channel close makes sshd drop the whole connection
+        # ("ieof packet referred to nonexistent channel"), with every command running on it.
+        helpers.append(threading.Thread(target=feed, daemon=True))
     for helper in helpers:
         helper.start()
     drain(channel.recv, out)
