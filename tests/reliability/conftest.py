@@ -29,9 +29,12 @@ FIGURES = Path(os.environ.get("HPCSERVE_RELIABILITY_OUT")
                or REPO / "benchmarks" / "results" / "reliability-figures.json")
 
 
-def _load_slurm_conftest() -> Any:
-    path = REPO / "tests" / "targets" / "slurm" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("hpcserve_slurm_cluster_conftest", path)
+def _load_conftest(kind: str) -> Any:
+    """The fixtures of tests/targets/<kind>/conftest.py (not importable by name)."""
+    folder = REPO / "tests" / "targets" / kind
+    sys.path.insert(0, str(folder))  # its helper modules
+    spec = importlib.util.spec_from_file_location(f"hpcserve_{kind}_conftest",
+                                                  folder / "conftest.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
@@ -39,8 +42,11 @@ def _load_slurm_conftest() -> Any:
     return module
 
 
-_slurm = _load_slurm_conftest()
+_slurm = _load_conftest("slurm")
 cluster = _slurm.cluster  # the session-scoped fixture starting (or finding) the test cluster
+_tapis = _load_conftest("tapis")
+# The Tapis Pods stand-in (driven through real tapipy), the proxy to its pods, the target config.
+standin, pod_proxy, pods_config = _tapis.standin, _tapis.pod_proxy, _tapis.pods_config
 
 
 def record(figure: str, **values: Any) -> None:

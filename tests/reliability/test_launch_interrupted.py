@@ -1,6 +1,7 @@
 """A manager killed with SIGKILL in the middle of a launch: after the target started the
 engine / accepted the job, before the session record got its handle. A restarted manager must
-adopt what runs (SLURM: the job, found by its name) or cancel it (local: the marked process
+adopt what runs (SLURM: the job, found by its name; Tapis: the pod, by the id derived from the
+session) or cancel it (local: the marked process
 groups), and never leave it running unknown. The manager is frozen at that exact point by
 wrapping the real target's launch in the child process (the target itself is untouched)."""
 
@@ -69,27 +70,51 @@ def test_local_launch_interrupted_is_cancelled(isolated_home):
         h.close()
 
 
+def _restart_and_adopt(configs: dict, sid: str, handle: dict) -> tuple[Hpcserve, float]:
+    """A new manager on the same state: the session becomes ready with the handle of what the
+    killed launch started, and answers a prompt. Returns it (to stop) and the time taken."""
+    h = Hpcserve(poll_interval=0.5, launch_grace=1.0, target_configs=configs)
+    start = time.monotonic()
+    s = h.wait(sid, timeout=180)
+    took = time.monotonic() - start
+    assert s.state == State.READY, (s.state, s.reason, s.log_tail)
+    assert {k: s.handle.get(k) for k in handle} == handle
+    assert "adopted" in [e["kind"] for e in h.events(sid)]
+    assert h.prompt(sid, "Say hi.", max_tokens=8).strip()
+    return h, took
+
+
+def _stop_all(h: Hpcserve) -> None:
+    for s in h.sessions(live_only=True):
+        h.stop(s.id)
+    h.close()
+
+
 def test_slurm_launch_interrupted_is_adopted(slurm_config, cluster):
     configs = {"local": {"kind": "local"}, "cluster": slurm_config}
     info = _launch_and_kill(configs, "cluster")
-    sid, job = info["sid"], info["handle"]["job_id"]
-    name = info["handle"]["job_name"]
+    sid, name = info["sid"], info["handle"]["job_name"]
     assert name in slurm_jobs(cluster.user)
-    h = Hpcserve(poll_interval=0.5, launch_grace=1.0, target_configs=configs)
+    h, took = _restart_and_adopt(configs, sid, {"job_id": info["handle"]["job_id"]})
     try:
-        start = time.monotonic()
-        s = h.wait(sid, timeout=180)
-        took = time.monotonic() - start
-        assert s.state == State.READY, (s.state, s.reason, s.log_tail)
-        assert s.handle["job_id"] == job
-        assert "adopted" in [e["kind"] for e in h.events(sid)]
-        assert h.prompt(sid, "Say hi.", max_tokens=8).strip()
-        stopped = h.stop(sid)
-        assert stopped.state == State.STOPPED
+        assert h.stop(sid).state == State.STOPPED
         assert until(lambda: name not in slurm_jobs(cluster.user), 30)
         record("R-launch-kill", slurm_outcome="adopted", slurm_orphans=0,
                slurm_restart_to_ready_s=round(took, 2))
     finally:
-        for s in h.sessions(live_only=True):
-            h.stop(s.id)
-        h.close()
+        _stop_all(h)
+
+
+def test_tapis_launch_interrupted_is_adopted(pods_config, standin):
+    configs = {"local": {"kind": "local"}, "pods": pods_config}
+    info = _launch_and_kill(configs, "pods")
+    assert info["handle"]["pod_id"] in standin.pods  # created at the Pods API, not recorded
+    # found again by the pod id derived from the session
+    h, took = _restart_and_adopt(configs, info["sid"], info["handle"])
+    try:
+        assert h.stop(info["sid"]).state == State.STOPPED
+        assert not standin.pods and not standin.volumes  # checked at the Pods API
+        record("R-launch-kill", tapis_outcome="adopted", tapis_orphans=0,
+               tapis_restart_to_ready_s=round(took, 2))
+    finally:
+        _stop_all(h)

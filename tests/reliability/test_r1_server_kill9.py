@@ -1,13 +1,17 @@
-"""R1 (+ R7): SIGKILL of a real `jupyter server` while sessions on the local target and on the
-SLURM test cluster are ready; after a restart every session is found in its true state over
-REST, none lost, none duplicated, and nothing runs at the targets that no session accounts for
-(psutil for local engines, squeue for jobs). Then R7: no secret in any log, state file, remote
-session file or REST answer of the run, and the state directory is private."""
+"""R1 (+ R7): SIGKILL of a real `jupyter server` while sessions on the local target, on the
+SLURM test cluster and on Tapis Pods (the stand-in, through real tapipy) are ready and others
+are still starting; after a restart every session is found in its true state over REST, none
+lost, none duplicated, and nothing runs at the targets that no session accounts for (psutil for
+local engines, squeue for jobs, the Pods API for pods and volumes). Then R7: no secret (Jupyter
+token, SSH passphrase, Tapis password and access tokens, HF token, per-session API keys, the
+master key) in any log, state file, remote session file or REST answer of the run, and the
+state directory is private."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets as secrets_mod
 import stat
 import time
 from pathlib import Path
@@ -26,9 +30,13 @@ from conftest import (
 )
 from hpcserve_jupyter.secrets import MASTER_FILE, master_key, session_api_key
 from hpcserve_jupyter.targets.slurm.script import job_name
+from hpcserve_jupyter.targets.tapis.ids import deployment_ids
+from tapis_standin.conftest import PASSWORD
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(600)]
 PASS_ENV = "HPCSERVE_RELIABILITY_PASSPHRASE"
+HF_ENV = "HPCSERVE_RELIABILITY_HF_TOKEN"
+BAD_PASSWORD_ENV = "HPCSERVE_RELIABILITY_WRONG_TAPIS_PASSWORD"
 
 
 def launch(server: KillableServer, target: str, **extra: object) -> dict:
@@ -36,6 +44,9 @@ def launch(server: KillableServer, target: str, **extra: object) -> dict:
                          json={"recipe": "smollm2-135m", "target": target, **extra})
     assert r.status_code == 201, r.text
     return r.json()
+
+
+ONE_CPU = {"overrides": {"cpus": 1}}  # two jobs at once on the 2-core test node
 
 
 def states(server: KillableServer) -> list[dict]:
@@ -54,23 +65,56 @@ def prompt(server: KillableServer, sid: str) -> str:
 
 
 def test_kill9_of_jupyter_server_loses_nothing(tmp_path, isolated_home, monkeypatch,
-                                               slurm_config, cluster):
+                                               slurm_config, cluster, pods_config, standin):
+    hf_token = "hf_" + secrets_mod.token_hex(16)
+    wrong_password = "wrong-" + secrets_mod.token_hex(8)
     monkeypatch.setenv(PASS_ENV, cluster.passphrase)
+    monkeypatch.setenv("HF_TOKEN", hf_token)  # local engines inherit it
+    monkeypatch.setenv(BAD_PASSWORD_ENV, wrong_password)
+    tapis_tokens: list[str] = []  # every token the Pods service hands out
+    issue = standin.issue_token
+
+    def recording_issue(*args: object, **kw: object) -> str:
+        token = issue(*args, **kw)
+        tapis_tokens.append(token)
+        return token
+
+    monkeypatch.setattr(standin, "issue_token", recording_issue)
     cfg = {**slurm_config, "key": str(cluster.passphrase_key), "key_passphrase_env": PASS_ENV}
-    (tmp_path / "targets.yaml").write_text(json.dumps({"targets": {"cluster": cfg}}))
+    pods = {**pods_config, "hf_token_env": HF_ENV}
+    bad_pods = {**pods_config, "password_env": BAD_PASSWORD_ENV}
+    (tmp_path / "targets.yaml").write_text(json.dumps(
+        {"targets": {"cluster": cfg, "pods": pods, "badpods": bad_pods}}))
     port = free_port()
     server = KillableServer(tmp_path, port)
     rest_answers: list[str] = []
     try:
+        # The HF token goes in through the REST route the sidebar uses, never echoed.
+        r = server.http.put("hpcserve/api/targets/pods/secrets", json={HF_ENV: hf_token})
+        assert r.status_code == 204, r.text
+        rest_answers.append(r.text)
+        r = server.http.get("hpcserve/api/targets/pods/secrets")
+        rest_answers.append(r.text)
+        assert {"env": HF_ENV, "is_set": True}.items() <= next(
+            f for f in r.json()["secrets"] if f["env"] == HF_ENV).items()
+        bad = server.http.post("hpcserve/api/sessions",
+                               json={"recipe": "smollm2-135m", "target": "badpods"})
+        rest_answers.append(bad.text)
+
         a = launch(server, "local")
         b = launch(server, "local")
-        c = launch(server, "cluster")
+        c = launch(server, "cluster", **ONE_CPU)
         d = launch(server, "local")
-        for s in (a, b, c, d):
+        t = launch(server, "pods")
+        for s in (a, b, c, d, t):
             wait_ready(server, s["id"], timeout=240)
         assert server.http.delete(f"hpcserve/api/sessions/{d['id']}").status_code == 200
         c_job = job_name(c["name"], c["id"])
         assert slurm_jobs(cluster.user).get(c_job) == "RUNNING"
+        # Two more, still starting when the server dies.
+        e = launch(server, "cluster", **ONE_CPU)
+        u = launch(server, "pods")
+        starting = {x["id"]: x["state"] for x in states(server) if x["id"] in (e["id"], u["id"])}
 
         server.kill9()
         b_pids = marked_processes(isolated_home)[b["id"]]
@@ -79,60 +123,81 @@ def test_kill9_of_jupyter_server_loses_nothing(tmp_path, isolated_home, monkeypa
         t0 = time.monotonic()
         server = KillableServer(tmp_path, port)
         restart_s = time.monotonic() - t0
-        want = {a["id"]: "ready", b["id"]: "failed", c["id"]: "ready", d["id"]: "stopped"}
+        want = {a["id"]: "ready", b["id"]: "failed", c["id"]: "ready", d["id"]: "stopped",
+                e["id"]: "ready", t["id"]: "ready", u["id"]: "ready"}
 
         def settled() -> list[dict] | None:
-            now = states(server)
-            got = {s["id"]: s["state"] for s in now}
-            return now if got == want and not any(s.get("unreachable") for s in now) else None
+            now = [x for x in states(server) if x["target"] != "badpods"]
+            got = {x["id"]: x["state"] for x in now}
+            return now if got == want and not any(x.get("unreachable") for x in now) else None
 
         t1 = time.monotonic()
-        found = until(settled, 30, 0.2)
+        found = until(settled, 240, 0.5)
         settle_s = time.monotonic() - t1
-        now = states(server)
-        rest_answers.append(json.dumps(now))
-        assert found, ({s["id"]: s["state"] for s in now}, want, server.logs())
-        ids = [s["id"] for s in now]
+        now = [x for x in states(server) if x["target"] != "badpods"]
+        everything = states(server)
+        rest_answers.append(json.dumps(everything))
+        bad_reason = " ".join(x["reason"] or "" for x in everything if x["target"] == "badpods")
+        assert "401" in bad.text + bad_reason or "password" in bad.text + bad_reason, bad.text
+        assert found, ({x["id"]: x["state"] for x in now}, want, server.logs())
+        ids = [x["id"] for x in now]
         lost = len(set(want) - set(ids))
         duplicated = len(ids) - len(set(ids))
         assert lost == 0 and duplicated == 0
-        failed_b = next(s for s in now if s["id"] == b["id"])
+        failed_b = next(x for x in now if x["id"] == b["id"])
         assert "killed" in failed_b["reason"]
+        pod_ids = {x["id"]: deployment_ids(pods_config.get("id_prefix", "hps"), x["name"],
+                                           x["id"]) for x in (t, u)}
 
         # The targets' truth: only the live sessions run anything.
         node_dir = Path(os.path.expanduser(f"~{cluster.user}")) / ".hpcserve" / "sessions"
         marks = marked_processes(isolated_home, node_dir)
-        local_orphans = sorted(set(marks) - {a["id"], c["id"]})  # c runs on the SLURM node
+        local_orphans = sorted(set(marks) - {a["id"], c["id"], e["id"]})  # c, e: SLURM node
         jobs = slurm_jobs(cluster.user)
+        live_jobs = {job_name(x["name"], x["id"]) for x in (c, e)}
         # Jobs of this run's sessions (the test cluster may serve other test runs meanwhile).
-        job_orphans = sorted(job_name(s["name"], s["id"]) for s in (a, b, c, d)
-                             if job_name(s["name"], s["id"]) in jobs and s is not c)
+        job_orphans = sorted(job_name(x["name"], x["id"]) for x in (a, b, d, t, u)
+                             if job_name(x["name"], x["id"]) in jobs)
+        live_pods = {ids.pod for ids in pod_ids.values()}
+        pod_orphans = sorted(set(standin.pods) - live_pods)
+        volume_orphans = sorted(set(standin.volumes) - {ids.volume for ids in pod_ids.values()})
         assert local_orphans == [] and job_orphans == [], (local_orphans, job_orphans)
-        assert jobs.get(c_job) == "RUNNING"
-        assert prompt(server, a["id"]).strip() and prompt(server, c["id"]).strip()
+        assert pod_orphans == [] and volume_orphans == [], (pod_orphans, volume_orphans)
+        assert all(jobs.get(j) == "RUNNING" for j in live_jobs), jobs
+        assert live_pods <= set(standin.pods), (live_pods, standin.pods)
+        for x in (a, c, e, t, u):
+            assert prompt(server, x["id"]).strip()
+        rest_answers.append(server.http.get(f"hpcserve/api/sessions/{t['id']}/logs").text)
 
-        for sid in (a["id"], c["id"]):
-            r = server.http.delete(f"hpcserve/api/sessions/{sid}")
+        for x in (a, c, e, t, u):
+            r = server.http.delete(f"hpcserve/api/sessions/{x['id']}")
             assert r.status_code == 200, r.text
             rest_answers.append(r.text)
         assert until(lambda: not marked_processes(isolated_home, node_dir), 15)
-        assert until(lambda: c_job not in slurm_jobs(cluster.user), 30)
+        assert until(lambda: not live_jobs & set(slurm_jobs(cluster.user)), 30)
+        assert until(lambda: not standin.pods and not standin.volumes, 30), standin.pods
         record("R1", sessions=len(want), lost=lost, duplicated=duplicated,
+               starting_at_kill=starting,
                orphaned_processes=len(local_orphans), orphaned_jobs=len(job_orphans),
+               orphaned_pods=len(pod_orphans), orphaned_volumes=len(volume_orphans),
                restart_to_rest_s=round(restart_s, 2), restart_to_true_states_s=round(settle_s, 2),
-               targets=["local", "slurm"], tapis="not exercised")
+               targets=["local", "slurm", "tapis-pods"])
         rest_answers.append(server.http.get("hpcserve/api/events/log").text)
     finally:
-        for s in (states(server) if server.proc.poll() is None else []):
-            if s["state"] in ("pending", "starting", "ready"):
-                server.http.delete(f"hpcserve/api/sessions/{s['id']}")
+        for x in (states(server) if server.proc.poll() is None else []):
+            if x["state"] in ("pending", "starting", "ready"):
+                server.http.delete(f"hpcserve/api/sessions/{x['id']}")
         server.stop()
 
     # ---------------------------------------------------------------- R7: secrets
     master = master_key(isolated_home)
     keys = {sid: session_api_key(master, sid) for sid in want}
+    assert tapis_tokens, "the Pods service handed out no token"
     secrets = {"jupyter token": TOKEN, "ssh passphrase": cluster.passphrase,
-               "master key": master.hex(), **{f"api key {sid}": k for sid, k in keys.items()}}
+               "tapis password": PASSWORD, "wrong tapis password": wrong_password,
+               "hf token": hf_token, "master key": master.hex(),
+               **{f"tapis token {i}": tok for i, tok in enumerate(tapis_tokens)},
+               **{f"api key {sid}": k for sid, k in keys.items()}}
     remote = Path(os.path.expanduser(f"~{cluster.user}")) / ".hpcserve" / "sessions" / c["id"]
     places = [p for p in isolated_home.rglob("*") if p.is_file() and p.name != MASTER_FILE]
     places += [p for p in tmp_path.glob("server-*.log")]
@@ -160,8 +225,8 @@ def test_kill9_of_jupyter_server_loses_nothing(tmp_path, isolated_home, monkeypa
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(remote.stat().st_mode) == 0o700
     record("R7", files_scanned=len(places), rest_answers_scanned=len(rest_answers),
-           secrets_checked=sorted({"api key" if k.startswith("api key") else k
-                                   for k in secrets}), api_keys_checked=len(keys),
+           secrets_checked=sorted({k.rsplit(" ", 1)[0] if k.startswith(("api key ",
+                                   "tapis token ")) else k for k in secrets}),
+           api_keys_checked=len(keys), tapis_tokens_checked=len(tapis_tokens),
            occurrences=len(hits), loose_modes=len(loose) - len(exit_files),
-           world_readable_exit_code_files=len(exit_files),
-           not_checked="Tapis password/token, HF token (no Tapis/HF run in this test)")
+           world_readable_exit_code_files=len(exit_files))

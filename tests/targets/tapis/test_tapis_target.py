@@ -3,6 +3,7 @@ stand-in, which runs the pod's command (real llama.cpp on SmolLM2) as a local pr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
@@ -12,6 +13,7 @@ from tapis_helpers import PASSWORD_ENV, TARGET, TOKEN_ENV, wait_for
 from hpcserve_jupyter.errors import BadInput, LaunchError, RecipeError
 from hpcserve_jupyter.sessions import State
 from hpcserve_jupyter.targets.tapis.errors import TapisAuthError
+from hpcserve_jupyter.targets.tapis.ids import deployment_ids
 from tapis_standin.conftest import PASSWORD, USERNAME
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
@@ -118,6 +120,26 @@ def test_restarted_manager_reattaches_by_pod_id(make_hp, standin):
     assert second.prompt(s.id, "Say yes.", max_tokens=4)
     assert second.stop(s.id).state == State.STOPPED
     assert not standin.pods and not standin.volumes
+
+
+def test_adopt_finds_the_pod_of_an_interrupted_launch_by_its_derived_id(make_hp, standin):
+    hp = make_hp()
+    s = ready(hp)
+    tgt = hp.manager.target(TARGET)
+    assert asyncio.run(tgt.adopt(s.id, s.name)) == s.handle
+    assert asyncio.run(tgt.adopt("0123abcd", s.name)) is None  # no pod of that session
+    assert hp.stop(s.id).state == State.STOPPED
+
+
+def test_adopt_deletes_a_volume_made_without_a_pod(make_hp, standin):
+    hp = make_hp(monitor=False)
+    tgt = hp.manager.target(TARGET)
+    ids = deployment_ids(tgt.settings.id_prefix, "half", "5eed0001")
+    tgt.api.create_volume({"volume_id": ids.volume, "size_limit": 64, "description": "x"})
+    assert ids.volume in standin.volumes
+    assert asyncio.run(tgt.adopt("5eed0001", "half")) is None
+    assert ids.volume not in standin.volumes and not standin.pods
+    assert asyncio.run(tgt.adopt("not a session id!", "half")) is None
 
 
 def test_keep_volume_and_spec_shape(make_hp, standin):

@@ -42,13 +42,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ...errors import HpcserveError, LaunchError, RecipeError, TargetUnreachable
+from ...errors import BadInput, HpcserveError, LaunchError, RecipeError, TargetUnreachable
 from ...secrets import redact
 from ..base import LaunchRequest, Phase, Target, TargetStatus
 from . import deploy, states
 from .client import PodsApi
 from .config import TapisPodsConfig
 from .errors import TapisNotFound
+from .ids import deployment_ids
 
 log = logging.getLogger(__name__)
 LOG_TAIL_LINES = 40
@@ -144,6 +145,40 @@ class TapisPodsTarget(Target):
         if volume_id and not self._delete_volume(volume_id, deadline=time.monotonic() + 10):
             left.append(f"volume {volume_id}")
         return " and ".join(left)
+
+    # ------------------------------------------------------------------ adopt
+
+    async def adopt(self, session_id: str, name: str) -> dict[str, Any] | None:
+        """After a launch whose handle was never recorded: the handle of the pod created for
+        it (its id derives from the session), or None once a volume made without a pod was
+        deleted again, so nothing of the launch is left unknown."""
+        return await asyncio.to_thread(self._adopt, session_id, name)
+
+    def _adopt(self, session_id: str, name: str) -> dict[str, Any] | None:
+        s = self.settings
+        try:
+            ids = deployment_ids(s.id_prefix, name, session_id, s.volume_id)
+        except BadInput:
+            return None  # no pod could ever have been created under such ids
+        owned = s.volume_id is None
+        try:
+            pod = self.api.get_pod(ids.pod)
+        except TapisNotFound:
+            pod = None
+        if pod is None:
+            if owned and not self._delete_volume(ids.volume, deadline=time.monotonic() + 10):
+                raise LaunchError(f"the volume {ids.volume} of an interrupted launch could "
+                                  "not be deleted", hint="delete it in the Tapis UI or API")
+            return None
+        networking = pod.get("networking") or {}
+        stanza = networking.get(s.networking_key) if isinstance(networking, dict) else None
+        url = stanza.get("url") if isinstance(stanza, dict) else None
+        assert s.tenant_host is not None
+        log.info("adopted pod %s of an interrupted launch on %s", ids.pod, self.name)
+        return {"deployment_id": ids.deployment, "pod_id": ids.pod, "volume_id": ids.volume,
+                "volume_owned": owned, "session_id": session_id,
+                "networking_key": s.networking_key, "port": s.port,
+                "url": url or deploy.pod_url(ids.pod, s.networking_key, s.tenant_host)}
 
     # ------------------------------------------------------------------ poll
 
