@@ -1,9 +1,9 @@
 """A manager killed with SIGKILL in the middle of a launch: after the target started the
 engine / accepted the job, before the session record got its handle. A restarted manager must
 adopt what runs (SLURM: the job, found by its name; Tapis: the pod, by the id derived from the
-session) or cancel it (local: the marked process
-groups), and never leave it running unknown. The manager is frozen at that exact point by
-wrapping the real target's launch in the child process (the target itself is untouched)."""
+session) or cancel it (local: the marked process groups), and never leave it running unknown.
+The manager is frozen at that exact point by wrapping the real target's launch in the child
+process (the target itself is untouched)."""
 
 from __future__ import annotations
 
