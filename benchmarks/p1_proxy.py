@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import stats, write
+from common import concurrent_prompts, stats, write
 
 TOKEN = "bench-token"
 RUNS = 200
@@ -199,52 +199,6 @@ def interleaved(cases: dict[str, Any], runs: int) -> dict[str, list[Any]]:
     return out
 
 
-async def concurrent_prompts(srv: JupyterServer, sid: str, n: int) -> dict[str, Any]:
-    url = f"{srv.url}hpcserve/proxy/{sid}/v1/chat/completions"
-    headers = {"Authorization": f"token {TOKEN}"}
-    errors: list[str] = []
-    firsts: list[float] = []
-    totals: list[float] = []
-    tokens = 0
-
-    async def one(client: httpx.AsyncClient, i: int) -> None:
-        nonlocal tokens
-        body = {"messages": [{"role": "user", "content": f"Say a word about the number {i}."}],
-                "max_tokens": 16, "temperature": 0, "stream": True}
-        start = time.perf_counter()
-        first = None
-        try:
-            async with client.stream("POST", url, json=body, headers=headers) as r:
-                if r.status_code != 200:
-                    await r.aread()
-                    errors.append(f"{r.status_code}: {r.text[:100]}")
-                    return
-                done = False
-                async for line in r.aiter_lines():
-                    if line.startswith("data: "):
-                        first = first or time.perf_counter() - start
-                        if line == "data: [DONE]":
-                            done = True
-                        else:
-                            tokens += 1
-                if not done:
-                    errors.append("stream ended without [DONE]")
-        except httpx.HTTPError as exc:
-            errors.append(repr(exc))
-            return
-        firsts.append(first or 0.0)
-        totals.append(time.perf_counter() - start)
-
-    limits = httpx.Limits(max_connections=n + 5)
-    start = time.perf_counter()
-    async with httpx.AsyncClient(timeout=600, limits=limits, trust_env=False) as client:
-        await asyncio.gather(*(one(client, i) for i in range(n)))
-    wall = time.perf_counter() - start
-    return {"concurrent": n, "errors": len(errors), "error_samples": errors[:5],
-            "wall_s": round(wall, 3), "first_event_s": stats(firsts) if firsts else None,
-            "request_s": stats(totals) if totals else None, "events": tokens}
-
-
 def main() -> dict:
     upstream, up_port = start_upstream()
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -326,7 +280,8 @@ def main() -> dict:
             client.close()
 
             # -- R10: 50 concurrent streamed prompts through our proxy
-            r10 = asyncio.run(concurrent_prompts(srv, sid, CONCURRENT))
+            r10 = asyncio.run(concurrent_prompts(
+                f"{srv.url}hpcserve/proxy/{sid}/", TOKEN, CONCURRENT))
         finally:
             if sid:
                 srv.stop(sid)
