@@ -218,3 +218,27 @@ def test_two_managers_on_one_state_dir_monitor_once():
         assert third.manager.monitoring
     finally:
         third.close()
+
+
+def test_event_streams_show_what_other_managers_of_the_state_dir_wrote():
+    """A server's event stream tells its sidebar of sessions another server launched, and of
+    the states that server's monitor found: changes are followed through the shared store."""
+    first, other = Hpcserve(poll_interval=0.3), Hpcserve(poll_interval=0.3)
+    sub = other.watch(snapshot=False)
+    try:
+        assert first.manager.monitoring and not other.manager.monitoring
+        s = first.launch("smollm2-135m", timeout=60)
+        first.stop(s.id)
+        seen: list[tuple[str, str]] = []
+        deadline = time.monotonic() + 10
+        while "stopped" not in [st for _, st in seen] and time.monotonic() < deadline:
+            event = sub.get(timeout=1)
+            if event and event.get("session", {}).get("id") == s.id:
+                seen.append((event["type"], event["session"]["state"]))
+        states = [st for _, st in seen]
+        assert "ready" in states and states[-1] == "stopped", seen
+        assert len(states) == len(set(states)), seen  # each change told once
+    finally:
+        sub.close()
+        other.close()
+        first.close()

@@ -55,6 +55,10 @@ class SessionManager:
         self.launch_grace = launch_grace  # after this, a launch without handle was interrupted
         self.owner = owner or _whoami()
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        # What subscribers were last told of each session, and how far the store's event log
+        # was followed for changes other processes wrote (see _follow_store).
+        self._published: dict[str, tuple[str, bool]] = {}
+        self._seq = self.store.last_seq()
         self._monitor: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._tick_lock = asyncio.Lock()
@@ -343,6 +347,7 @@ class SessionManager:
         Only the manager holding the state directory's monitor lock acts; the others read
         what it writes (see monitorlock.py).
         """
+        self._follow_store()
         if not self.monitoring:
             return
         async with self._tick_lock:
@@ -524,8 +529,42 @@ class SessionManager:
         """False once the queue was dropped for falling behind: its reader must resync."""
         return q in self._subscribers
 
-    def _publish(self, s: Session, kind: str) -> None:
-        event = {"type": kind, "session": s.public(), "ts": time.time()}
+    def _follow_store(self) -> None:
+        """Tell subscribers what other managers sharing the state directory (a second Jupyter
+        server, the CLI) wrote: each state change in the store's event log that they were not
+        told yet, in order. Without this, an event stream would only show its own process's
+        changes, e.g. never the `ready` that the monitoring server found."""
+        if not self._subscribers:
+            self._seq = self.store.last_seq()  # nobody to tell: skip ahead
+            return
+        new: list[dict[str, Any]] = []
+        while batch := self.store.events(after=self._seq, limit=1000):
+            self._seq = batch[-1]["seq"]
+            new += batch
+        last = {e["session_id"]: n for n, e in enumerate(new)}
+        current: dict[str, Session | None] = {}
+        for n, e in enumerate(new):
+            sid = e["session_id"]
+            told_state, told_unreachable = self._published.get(sid, ("", False))
+            unreachable = (e["kind"] == "unreachable" if e["kind"] in
+                           ("unreachable", "reachable") else told_unreachable)
+            if (e["state"], unreachable) == (told_state, told_unreachable):
+                continue  # this process wrote it, or it changed nothing subscribers see
+            if sid not in current:
+                current[sid] = self.store.get(sid)
+            s = current[sid]
+            if s is None:
+                continue
+            if last[sid] == n:  # its newest change: the session as it is now
+                self._publish(s, e["kind"])
+            else:  # an intermediate change: as it was then
+                self._publish(s, e["kind"], {**s.public(), "state": e["state"],
+                                             "reason": e["message"], "unreachable": unreachable})
+
+    def _publish(self, s: Session, kind: str, public: dict[str, Any] | None = None) -> None:
+        public = public or s.public()
+        self._published[s.id] = (str(public["state"]), bool(public.get("unreachable")))
+        event = {"type": kind, "session": public, "ts": time.time()}
         for q in list(self._subscribers):
             try:
                 q.put_nowait(event)

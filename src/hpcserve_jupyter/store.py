@@ -169,6 +169,12 @@ class Store:
         with self._tx() as db:
             self._event(db, session, kind, message)
 
+    def last_seq(self) -> int:
+        """The sequence number of the newest event (0 when there is none)."""
+        with self._lock:
+            row = self._db.execute("SELECT MAX(seq) FROM events").fetchone()
+        return int(row[0] or 0)
+
     def events(self, session_id: str | None = None, after: int = 0,
                limit: int = 1000) -> list[dict[str, Any]]:
         query = "SELECT seq, session_id, ts, kind, state, message FROM events WHERE seq > ?"
