@@ -17,9 +17,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-ORDER = ["R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10", "R-launch-kill"]
+ORDER = ["R1", "R-launch-kill", "R-shared-state", "R2", "R3", "R4", "R5", "R6", "R7", "R8",
+         "R9", "R10"]
 TITLES = {
-    "R1": "kill -9 of the Jupyter server with ready sessions, restart",
+    "R1": "kill -9 of the Jupyter server with ready and starting sessions (local, SLURM, "
+          "Tapis), restart",
     "R2": "SSH connection cut mid-stream",
     "R3": "slurmctld stopped for 60 s",
     "R4": "engine process killed (local target)",
@@ -28,8 +30,9 @@ TITLES = {
     "R7": "secrets in logs, state and errors; file modes",
     "R8": "unauthenticated requests and proxy steering",
     "R9": "autostop of an idle session",
-    "R10": "concurrent streams and 200 sessions",
-    "R-launch-kill": "kill -9 of the manager mid-launch",
+    "R10": "50 concurrent streams through the proxy; 200 sessions in store and monitor",
+    "R-launch-kill": "kill -9 of the manager mid-launch (local, SLURM, Tapis)",
+    "R-shared-state": "two Jupyter servers sharing one state directory",
 }
 
 
