@@ -1,6 +1,7 @@
 """R8 (every route refuses unauthenticated requests; the proxy cannot be steered anywhere but a
 registered session endpoint) and R9 (autostop of an idle session; keepalive and proxied traffic
-postpone it), against a real `jupyter server` subprocess and the real llama.cpp engine."""
+postpone it; on SLURM and Tapis the job or pod is really gone), against a real `jupyter server`
+subprocess, the SLURM test cluster, the Tapis stand-in and the real llama.cpp engine."""
 
 from __future__ import annotations
 
@@ -182,3 +183,50 @@ def test_r9_autostop_postponed_by_traffic_then_stops(tmp_path, isolated_home):
         if sid:
             server.http.delete(f"hpcserve/api/sessions/{sid}")
         server.stop()
+
+
+@pytest.mark.parametrize("kind", ["slurm", "tapis"])
+def test_r9_autostop_really_ends_the_job_or_pod(kind, request):
+    """Autostop on the remote targets: the idle session is stopped within idle timeout + one
+    tick, and the target confirms the job (squeue) or the pod and its volume (the Pods API) is
+    gone, not just the record."""
+    from hpcserve_jupyter.api import Hpcserve
+    from hpcserve_jupyter.sessions import State
+
+    idle = 4
+    if kind == "slurm":
+        cluster = request.getfixturevalue("cluster")
+        config = request.getfixturevalue("slurm_config")
+    else:
+        standin = request.getfixturevalue("standin")
+        config = request.getfixturevalue("pods_config")
+    hp = Hpcserve(poll_interval=TICK, target_configs={"remote": config})
+    try:
+        s = hp.launch("smollm2-135m", on="remote", timeout=180, idle_timeout=f"{idle}s",
+                      cpus=1)
+        assert s.state == State.READY, (s.state, s.reason, s.log_tail)
+        hp.keepalive(s.id)
+        last, last_wall = time.monotonic(), time.time()
+        ended = until(lambda: (x := hp.status(s.id)).state.terminal and x, idle + 30, 0.05)
+        took = time.monotonic() - last
+        assert ended and ended.state == State.STOPPED and "autostop" in ended.reason, ended
+        decided = next(e["ts"] for e in hp.events(s.id)
+                       if e["kind"] == "stop" and "autostop" in e["message"]) - last_wall
+        assert decided <= idle + TICK + 1.0, decided  # the autostop decision: within one tick
+        if kind == "slurm":
+            from conftest import slurm_jobs
+
+            name = s.handle["job_name"]
+            gone = until(lambda: name not in slurm_jobs(cluster.user), 30)
+        else:
+            gone = until(lambda: not standin.pods and not standin.volumes, 30)
+        assert gone
+        # Stopping includes the target's own stop (scancel / stop_pod + delete): the time
+        # from the last activity to `stopped` is idle timeout + one tick + that stop.
+        record("R9", **{f"{kind}_last_activity_to_autostop_s": round(decided, 2),
+                        f"{kind}_last_activity_to_stopped_s": round(took, 2),
+                        f"{kind}_gone_at_target": True})
+    finally:
+        for x in hp.sessions(live_only=True):
+            hp.stop(x.id)
+        hp.close()
