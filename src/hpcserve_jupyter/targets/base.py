@@ -7,6 +7,7 @@ poll, stop and read logs of the same process, job or pod.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -47,6 +48,18 @@ class Phase(StrEnum):
     STOPPED = "stopped"  # ended by a stop request or cancelled outside the tool
     TIMEOUT = "timeout"  # the scheduler's time limit ended it
     UNREACHABLE = "unreachable"  # the target did not answer: state unknown, not failed
+
+
+def exit_text(code: int) -> str:
+    """`exit code N`, naming the signal when the engine was killed by one: negative codes
+    come from Python's process API, 128+N from a shell or container runtime (137 = SIGKILL,
+    often the out-of-memory killer), so users see "killed" and not a bare number."""
+    number = -code if code < 0 else code - 128 if 128 < code < 128 + 65 else 0
+    try:
+        name = signal.Signals(number).name if number else ""
+    except ValueError:
+        name = ""
+    return f"exit code {code}" + (f": killed by {name}" if name else "")
 
 
 @dataclass

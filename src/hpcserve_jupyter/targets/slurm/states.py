@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..base import Phase
+from ..base import Phase, exit_text
 
 SQUEUE_FORMAT = "%i|%T|%r|%N"
 SACCT_FIELDS = "JobIDRaw,State,ExitCode,Reason"
@@ -59,7 +59,7 @@ class JobInfo:
             return f"the job's node failed ({self.state})"
         if self.exit_code is not None:
             sig = f", signal {self.signal}" if self.signal else ""
-            return f"the job ended {self.state} (exit code {self.exit_code}{sig})"
+            return f"the job ended {self.state} ({exit_text(self.exit_code)}{sig})"
         return f"the job ended {self.state}"
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from ..base import Phase, TargetStatus
+from ..base import Phase, TargetStatus, exit_text
 
 PENDING_STATES = ("REQUESTED", "SPAWNER SETUP")
 ENDED_STATES = ("ERROR", "COMPLETE")
@@ -72,5 +72,5 @@ def phase_of(pod: dict[str, Any]) -> TargetStatus:
         code = exit_code(pod)
         what = "ended in ERROR" if status == "ERROR" else "ended (COMPLETE: its command exited)"
         return TargetStatus(Phase.EXITED, exit_code=code, reason=f"pod {pod_id} {what}"
-                            + (f" with exit code {code}" if code is not None else ""))
+                            + (f" with {exit_text(code)}" if code is not None else ""))
     return TargetStatus(Phase.PENDING, reason=f"pod {pod_id} is {status or 'in an unknown state'}")
