@@ -113,6 +113,14 @@ def until(pred: Any, timeout: float, step: float = 0.1) -> Any:
     return pred()
 
 
+def remote_target(request: pytest.FixtureRequest, kind: str) -> tuple[dict[str, Any], Any]:
+    """For tests run on both remote targets: the config of `kind` ("slurm": the test cluster,
+    "tapis": the Pods stand-in) and what tells the target's truth (the cluster / the stand-in)."""
+    if kind == "slurm":
+        return request.getfixturevalue("slurm_config"), request.getfixturevalue("cluster")
+    return request.getfixturevalue("pods_config"), request.getfixturevalue("standin")
+
+
 @pytest.fixture
 def slurm_config(cluster: Any) -> dict[str, Any]:
     return {"kind": "slurm", "host": cluster.host, "port": cluster.port, "user": cluster.user,

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from conftest import record
+from conftest import marked_processes, record, remote_target
 from hpcserve_jupyter.api import Hpcserve
 from hpcserve_jupyter.sessions import State
 
@@ -62,23 +62,16 @@ def test_killed_engine_on_a_remote_target_is_failed_with_its_log(kind, request):
     makes the pod end in error. Either way the session is failed with the engine's own log
     lines. The time includes the scheduler's or the Pods service's own reaction, so it is
     recorded (against the local target's one tick), not asserted to one tick."""
-    from conftest import marked_processes
-
-    if kind == "slurm":
-        cluster = request.getfixturevalue("cluster")
-        config = request.getfixturevalue("slurm_config")
-    else:
-        standin = request.getfixturevalue("standin")
-        config = request.getfixturevalue("pods_config")
+    config, truth = remote_target(request, kind)
     h = Hpcserve(poll_interval=TICK, target_configs={"remote": config})
     try:
         s = h.launch("smollm2-135m", on="remote", timeout=180, cpus=1)
         assert s.state == State.READY, (s.state, s.reason, s.log_tail)
         if kind == "slurm":
-            node_dir = os.path.expanduser(f"~{cluster.user}/.hpcserve/sessions")
+            node_dir = os.path.expanduser(f"~{truth.user}/.hpcserve/sessions")
             pids = marked_processes(node_dir).get(s.id, [])
         else:
-            pids = [standin.pods[s.handle["pod_id"]].process.pid]
+            pids = [truth.pods[s.handle["pod_id"]].process.pid]
         assert pids, "the engine process was not found"
         engines = [p for p in map(psutil.Process, pids) if "llama" in " ".join(p.cmdline())]
         assert engines, [psutil.Process(p).cmdline() for p in pids]

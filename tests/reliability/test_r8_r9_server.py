@@ -14,8 +14,19 @@ import time
 
 import pytest
 
-from conftest import KillableServer, free_port, marked_processes, record, until, wait_ready
+from conftest import (
+    KillableServer,
+    free_port,
+    marked_processes,
+    record,
+    remote_target,
+    slurm_jobs,
+    until,
+    wait_ready,
+)
+from hpcserve_jupyter.api import Hpcserve
 from hpcserve_jupyter.jupyter.routes import ROUTES
+from hpcserve_jupyter.sessions import State
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
 TICK = 0.5  # the server's poll_interval (JupyterServer passes --HpcserveApp.poll_interval=0.5)
@@ -190,16 +201,8 @@ def test_r9_autostop_really_ends_the_job_or_pod(kind, request):
     """Autostop on the remote targets: the idle session is stopped within idle timeout + one
     tick, and the target confirms the job (squeue) or the pod and its volume (the Pods API) is
     gone, not just the record."""
-    from hpcserve_jupyter.api import Hpcserve
-    from hpcserve_jupyter.sessions import State
-
     idle = 4
-    if kind == "slurm":
-        cluster = request.getfixturevalue("cluster")
-        config = request.getfixturevalue("slurm_config")
-    else:
-        standin = request.getfixturevalue("standin")
-        config = request.getfixturevalue("pods_config")
+    config, truth = remote_target(request, kind)
     hp = Hpcserve(poll_interval=TICK, target_configs={"remote": config})
     try:
         s = hp.launch("smollm2-135m", on="remote", timeout=180, idle_timeout=f"{idle}s",
@@ -214,12 +217,10 @@ def test_r9_autostop_really_ends_the_job_or_pod(kind, request):
                        if e["kind"] == "stop" and "autostop" in e["message"]) - last_wall
         assert decided <= idle + TICK + 1.0, decided  # the autostop decision: within one tick
         if kind == "slurm":
-            from conftest import slurm_jobs
-
             name = s.handle["job_name"]
-            gone = until(lambda: name not in slurm_jobs(cluster.user), 30)
+            gone = until(lambda: name not in slurm_jobs(truth.user), 30)
         else:
-            gone = until(lambda: not standin.pods and not standin.volumes, 30)
+            gone = until(lambda: not truth.pods and not truth.volumes, 30)
         assert gone
         # Stopping includes the target's own stop (scancel / stop_pod + delete): the time
         # from the last activity to `stopped` is idle timeout + one tick + that stop.
