@@ -4,7 +4,19 @@ import pytest
 
 from hpcserve_jupyter.errors import BadInput, NotFound
 from hpcserve_jupyter.recipes import Catalog
-from hpcserve_jupyter.spec import API_KEY, PORT, ServeSpec, render_argv, resolve, resolve_model
+from hpcserve_jupyter.spec import (
+    API_KEY,
+    HOST,
+    PORT,
+    PYTHON,
+    ServeSpec,
+    nul_problem,
+    render,
+    render_argv,
+    render_env,
+    resolve,
+    resolve_model,
+)
 
 
 def catalog(tmp_path: Path, text: str) -> Catalog:
@@ -62,6 +74,28 @@ def test_render_substitutes_only_placeholders(tmp_path):
         tmp_path, BIG))
     argv = render_argv(spec, {PORT: "8123", API_KEY: "k"})
     assert "8123" in argv and "{port} stays" in argv
+
+
+def test_render_is_one_pass_so_substituted_values_stay_literal():
+    # A path or host that happens to spell a placeholder is not expanded again (bash, which
+    # fills them in on SLURM, does not either); the order of the values does not matter.
+    values = {PYTHON: "/opt/{HPCSERVE_API_KEY}/python", API_KEY: "secret", PORT: "8000"}
+    assert render("{HPCSERVE_PYTHON} --port {HPCSERVE_PORT}", values) == \
+        "/opt/{HPCSERVE_API_KEY}/python --port 8000"
+    assert render("{HPCSERVE_HOST}", {HOST: "{HPCSERVE_PORT}", PORT: "1"}) == "{HPCSERVE_PORT}"
+    assert render("{HPCSERVE_PORT}", {}) == "{HPCSERVE_PORT}"
+
+
+def test_env_values_get_their_placeholders_filled():
+    assert render_env({"QDRANT__SERVICE__HTTP_PORT": "{HPCSERVE_PORT}", "A": "b"},
+                      {PORT: "6333"}) == {"QDRANT__SERVICE__HTTP_PORT": "6333", "A": "b"}
+
+
+def test_nul_bytes_are_named_by_their_flag_or_variable():
+    assert nul_problem(["python", "--model", "m"], {"A": "b"}) is None
+    assert "the value of --chat-format" in nul_problem(["x", "--chat-format", "a\0b"], {})
+    assert "engine argument 0" in nul_problem(["a\0b"], {})
+    assert "'HF_HOME'" in nul_problem([], {"HF_HOME": "/x\0"})
 
 
 def test_missing_model_package_says_how_to_install():

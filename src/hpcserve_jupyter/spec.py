@@ -8,7 +8,8 @@ secret: secrets travel beside it in a LaunchRequest and are never persisted.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,14 +69,44 @@ class ServeSpec:
 
 
 def render(template: str, values: Mapping[str, str]) -> str:
-    """Replace the placeholders present in `values` (exact tokens only, nothing else)."""
-    for token, value in values.items():
-        template = template.replace(token, value)
-    return template
+    """Replace the placeholders present in `values` (exact tokens only, nothing else).
+
+    One pass: a substituted value is never scanned again, so a path or host that happens to
+    contain `{HPCSERVE_API_KEY}` stays literal (as it does in a job script).
+    """
+    if not values:
+        return template
+    tokens = re.compile("|".join(re.escape(t) for t in values))
+    return tokens.sub(lambda m: values[m.group(0)], template)
 
 
 def render_argv(spec: ServeSpec, values: Mapping[str, str]) -> list[str]:
     return [render(a, values) for a in spec.argv]
+
+
+def render_env(env: Mapping[str, str], values: Mapping[str, str]) -> dict[str, str]:
+    """Environment values with their placeholders filled in (qdrant's port and host...)."""
+    return {k: render(v, values) for k, v in env.items()}
+
+
+def has_placeholder(text: str) -> bool:
+    """Whether a target must fill something in (per replica, for the port and host)."""
+    return any(token in text for token in PLACEHOLDERS)
+
+
+def nul_problem(argv: Sequence[str], env: Mapping[str, str]) -> str | None:
+    """What no command line or environment can carry: a NUL byte (C strings end there, and
+    a shell drops it), named by the engine flag or variable it belongs to; else None."""
+    for i, arg in enumerate(argv):
+        if "\0" in arg:
+            prev = argv[i - 1] if i else ""
+            what = (f"the value of {prev}" if prev.startswith("-")
+                    else f"engine argument {i} ({arg[:40]!r}...)")
+            return f"{what} contains a NUL byte, which no command line can carry"
+    for key, value in env.items():
+        if "\0" in key or "\0" in value:
+            return f"environment variable {key!r} contains a NUL byte"
+    return None
 
 
 def resolve_model(ref: str | None, hint: str | None = None) -> str | None:

@@ -213,3 +213,48 @@ def test_python_placeholder_uses_configured_interpreter(tmp_path):
          "time.sleep(9)"]))))
     assert sys.executable in wait_log(t, h, "PY ")
     run(t.stop(h))
+
+
+@pytest.mark.parametrize(("config", "match"), [
+    ({"env": {"A=B": "1"}}, r"env: 'A=B' is not an environment variable name"),
+    ({"env": {"OK": "a\0b"}}, r"env: the value of OK contains a NUL byte"),
+    ({"python": "/usr/bin/python3\0"}, r"python: must be the path of an interpreter"),
+    ({"host": "$(touch /tmp/x)"}, r"host: .* is not an IP address or host name"),
+    ({"host": "-h"}, r"host: .* is not an IP address or host name"),
+])
+def test_config_values_no_process_can_take_are_refused_by_name(config, match):
+    # Before: Popen's "illegal environment variable name" or a resolver error, without the field.
+    from hpcserve_jupyter.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=match):
+        LocalTarget("local", config)
+    for host in ("127.0.0.1", "0.0.0.0", "::", "::1", "node-1.cluster"):
+        LocalTarget("local", {"host": host})
+
+
+def test_nul_byte_in_an_argument_is_bad_input_naming_the_flag(tmp_path):
+    t = LocalTarget("local", {"python": sys.executable})
+    with pytest.raises(BadInput, match=r"the value of --chat-format contains a NUL byte"):
+        run(t.launch(request(tmp_path, spec([PYTHON, "-c", "pass", "--chat-format", "a\0b"]))))
+    assert not t._children  # nothing was started
+
+
+def test_env_placeholders_are_filled_per_replica(tmp_path):
+    # qdrant reads its port and host from QDRANT__SERVICE__HTTP_PORT / __HOST.
+    t = LocalTarget("local", {"python": sys.executable})
+    s = spec([PYTHON, "-c", "import os, time; print('ENV', os.environ['P'], os.environ['H'], "
+              "flush=True); time.sleep(60)"], env=(("P", "{HPCSERVE_PORT}"),
+                                                 ("H", "{HPCSERVE_HOST}")))
+    h = run(t.launch(request(tmp_path, s)))
+    try:
+        port = h["replicas"][0]["port"]
+        assert f"ENV {port} 127.0.0.1" in wait_log(t, h, "ENV ")
+    finally:
+        run(t.stop(h))
+
+
+def test_a_huge_missing_program_name_is_cut_in_the_error(tmp_path):
+    t = LocalTarget("local", {"python": "/nonexistent/" + "B" * 50_000})
+    with pytest.raises(LaunchError) as caught:
+        run(t.launch(request(tmp_path, spec([PYTHON, "-c", "pass"]))))
+    assert len(caught.value.message) < 400 and "(50013 chars)" in caught.value.message

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,15 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import BadInput, LaunchError, RecipeError
-from ..spec import HOST, PORT, PYTHON, render_argv
+from ..spec import HOST, PORT, PYTHON, nul_problem, render_argv, render_env
 from . import gpus as gpu_inventory
 from .base import LaunchRequest, Phase, Target, TargetStatus
 
 SESSION_MARK = "HPCSERVE_SESSION_ID"
 LOG_TAIL_LINES = 40
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+HOST_RE = re.compile(r"[A-Za-z0-9.:_][A-Za-z0-9.:_-]*")
 
 
 class LocalConfig(BaseModel):
@@ -41,6 +44,32 @@ class LocalConfig(BaseModel):
     gpu_classes: dict[str, list[str | int]] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
     stop_grace: float = Field(10.0, ge=0, le=600, description="seconds between SIGTERM and SIGKILL")
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, v: str | None) -> str | None:
+        if v is not None and (not v or "\0" in v):
+            raise ValueError("must be the path of an interpreter (non-empty, no NUL byte)")
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if not HOST_RE.fullmatch(v):
+            raise ValueError(f"{v[:80]!r} is not an IP address or host name (letters, digits "
+                             "and . : _ -)")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not ENV_NAME_RE.fullmatch(name):
+                raise ValueError(f"{name[:80]!r} is not an environment variable name (letters, "
+                                 "digits and _, not starting with a digit)")
+            if "\0" in value:
+                raise ValueError(f"the value of {name} contains a NUL byte")
+        return v
 
 
 def tail_lines(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -154,7 +183,8 @@ class LocalTarget(Target):
         exe = argv[0]
         ok = os.access(exe, os.X_OK) if os.sep in exe else shutil.which(exe) is not None
         if not ok:
-            raise LaunchError(f"the engine program {exe!r} was not found on this machine",
+            shown = repr(exe) if len(exe) <= 200 else f"{exe[:200]!r}... ({len(exe)} chars)"
+            raise LaunchError(f"the engine program {shown} was not found on this machine",
                               hint="install the engine, or set `python:` in the target's config "
                               "to an environment that has it")
 
@@ -175,21 +205,26 @@ class LocalTarget(Target):
                 values = {PORT: str(port), HOST: self.settings.host, PYTHON: python,
                           **req.placeholder_values()}
                 argv = render_argv(spec, values)
+                env = render_env({**self.settings.env, **spec.env_dict()}, values)
+                problem = nul_problem(argv, env)
+                if problem:
+                    raise BadInput(f"target {self.name!r}: {problem}",
+                                   hint="fix the value in the recipe, overrides or targets.yaml")
                 self._program(argv)
-                replicas.append(self._spawn(req, i, argv, port, mine))
+                replicas.append(self._spawn(req, i, argv, env, port, mine))
         except BaseException:
             await self.stop({"replicas": replicas, "session_id": req.session_id})
             raise
         return {"session_id": req.session_id, "host": self.settings.host, "replicas": replicas}
 
-    def _spawn(self, req: LaunchRequest, index: int, argv: list[str], port: int,
-               gpus: list[str]) -> dict[str, Any]:
+    def _spawn(self, req: LaunchRequest, index: int, argv: list[str], engine_env: dict[str, str],
+               port: int, gpus: list[str]) -> dict[str, Any]:
         suffix = "" if index == 0 else f"-{index}"
         log_path = req.workdir / f"engine{suffix}.log"
         exit_file = req.workdir / f"exit{suffix}"
         exit_file.unlink(missing_ok=True)
-        env = {**os.environ, **self.settings.env, **req.spec.env_dict(), **req.secret_env(),
-               SESSION_MARK: req.session_id, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **engine_env, **req.secret_env(), SESSION_MARK: req.session_id,
+               "PYTHONUNBUFFERED": "1"}
         if gpus or req.spec.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         runner = [sys.executable, "-m", "hpcserve_jupyter.targets.local_runner",

@@ -6,6 +6,7 @@ Regenerate after an intended change: HPCSERVE_UPDATE_GOLDEN=1 pytest tests/targe
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -100,3 +101,72 @@ def test_extra_sbatch_lines_must_be_options():
 
 def test_secrets_file_is_quoted():
     assert secrets_file({"HPCSERVE_API_KEY": "a'b"}) == "HPCSERVE_API_KEY='a'\"'\"'b'\n"
+
+
+def test_sbatch_value_errors_say_what_is_allowed():
+    with pytest.raises(ValueError, match=r"partition 'a b' contains characters SLURM does not "
+                                         r"accept there; allowed: letters, digits and _"):
+        sbatch_value("a b", "partition")
+    with pytest.raises(ValueError, match=r"one non-empty line of letters, digits"):
+        sbatch_value("gpu\n", "partition")
+
+
+@pytest.mark.parametrize("extra", [
+    "--comment=x && touch /tmp/x",  # stray words: sbatch would refuse them only after upload
+    "--comment x y",
+    "--exclusive\r--uid=0",  # split() cuts at \r: one entry must be one printable line
+    "--comment=a\tb",
+])
+def test_extra_sbatch_options_refuse_stray_words_and_control_characters(extra):
+    opts = JobOptions(workdir="/w", sbatch_extra=(extra,))
+    with pytest.raises(ValueError, match="extra #SBATCH option"):
+        build(resolve("smollm2-135m"), opts, name="x", session_id="s")
+
+
+def test_extra_sbatch_options_may_take_separate_values():
+    opts = JobOptions(workdir="/w", sbatch_extra=("--constraint a100 --exclusive",
+                                                  "--comment=ok"))
+    text = build(resolve("smollm2-135m"), opts, name="x", session_id="s")
+    assert "#SBATCH --constraint a100 --exclusive\n#SBATCH --comment=ok\n" in text
+
+
+@pytest.mark.parametrize("name", ["X=1; touch /tmp/x; Y", "r6\n", "1ABC", "A-B", ""])
+def test_exported_names_must_be_variable_names(name):
+    # `export NAME=...` writes the name unquoted: a target's env had no check at all.
+    opts = JobOptions(workdir="/w", env=((name, "v"),))
+    with pytest.raises(ValueError, match="is not an environment variable name"):
+        build(resolve("smollm2-135m"), opts, name="x", session_id="s")
+
+
+@pytest.mark.parametrize(("opts", "overrides", "what"), [
+    ({"modules": ("cuda\0",)}, {}, "modules"),
+    ({"python": "/py\0"}, {}, "python"),
+    ({"bind_host": "0.0.0.0\0"}, {}, "bind_host"),
+    ({"env": (("A", "b\0"),)}, {}, "'A'"),
+    ({"container_runtime": "apptainer", "container_image": "/i\0.sif"}, {},
+     "the container image"),
+    ({"container_runtime": "apptainer", "container_image": "/i.sif",
+      "container_binds": ("/s\0",)}, {}, "container.binds"),
+    ({}, {"engine_args.chat_format": "a\0b"}, "the value of --chat_format"),
+])
+def test_nul_bytes_are_refused_by_name(opts, overrides, what):
+    # bash refuses a script holding a NUL ("cannot execute binary file"): the job would fail.
+    spec = resolve("smollm2-135m", overrides=overrides)
+    with pytest.raises(ValueError, match=re.escape(what) + ".* NUL byte"):
+        build(spec, JobOptions(workdir="/w", **opts), name="x", session_id="s")
+
+
+def test_env_values_with_placeholders_are_set_per_replica(tmp_path):
+    # qdrant takes its port and host from the environment: they differ per replica.
+    (tmp_path / "q.yaml").write_text("name: q\ncategory: vector-db\nbackends: [qdrant]\n"
+                                     "replicas: {count: 2}\n")
+    spec = resolve("q", catalog=Catalog([tmp_path]))
+    text = build(spec, JobOptions(workdir="/w", bind_host="10.0.0.1"), name="q", session_id="s")
+    assert "export QDRANT__SERVICE__HTTP_PORT=\"${PORT}\"" in text
+    assert "export QDRANT__SERVICE__HOST=\"${BIND_HOST}\"" in text
+    assert not re.search(r"(?<!\$)\{HPCSERVE_", text)  # every placeholder filled in
+    loop = text[text.index("for ((r = 0; r < REPLICAS"):text.index("# Publish the endpoint")]
+    assert "QDRANT__SERVICE__HTTP_PORT" in loop  # after PORT is chosen, inside the replica
+    assert "export QDRANT__TELEMETRY_DISABLED=true\n" in text[:text.index(loop)]
+    check = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
+    assert check.returncode == 0, check.stderr

@@ -171,6 +171,13 @@ def test_empty_command_is_bad_input() -> None:
         build_command([])
 
 
+def test_nul_byte_in_an_argument_is_bad_input() -> None:
+    # The remote shell receives the command as a C string: it would be cut at the NUL.
+    for login_shell in (False, True):
+        with pytest.raises(BadInput, match=r"argument 2 of 'mkdir' contains a NUL byte"):
+            build_command(["mkdir", "-p", "/tmp/a\0; touch /tmp/x"], login_shell=login_shell)
+
+
 # --- files ------------------------------------------------------------------------------------
 
 

@@ -16,12 +16,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ...durations import format_duration
-from ...spec import API_KEY, HOST, PORT, PYTHON, ServeSpec
+from ...spec import API_KEY, HOST, PORT, PYTHON, ServeSpec, has_placeholder, nul_problem
 
 # How each placeholder is written inside the job script.
 SHELL_VALUES = {PORT: "${PORT}", HOST: "${BIND_HOST}", PYTHON: "${HPCSERVE_PYTHON}",
                 API_KEY: "${HPCSERVE_API_KEY}"}
 JOB_NAME_RE = re.compile(r"[^A-Za-z0-9._-]")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SBATCH_CHARS = r"A-Za-z0-9_.,:@%+=/&|()\[\]*!-"
 
 
 @dataclass(frozen=True)
@@ -58,13 +60,37 @@ def shell_word(arg: str) -> str:
     return "".join(out) or "''"
 
 
+ALLOWED_SBATCH = "letters, digits and _ . , : @ % + = / & | ( ) [ ] * ! -"
+
+
 def sbatch_value(value: str, what: str) -> str:
     """#SBATCH lines are parsed by sbatch, not a shell: refuse what would break out of them."""
     if any(c in value for c in "\n\r\0") or not value.strip():
-        raise ValueError(f"{what} must be one non-empty line")
-    if not re.fullmatch(r"[A-Za-z0-9_.,:@%+=/&|()\[\]*!-]+", value):
-        raise ValueError(f"{what} {value!r} contains characters SLURM does not accept there")
+        raise ValueError(f"{what} must be one non-empty line of {ALLOWED_SBATCH}")
+    if not re.fullmatch(f"[{SBATCH_CHARS}]+", value):
+        raise ValueError(f"{what} {_short(value)} contains characters SLURM does not accept "
+                         f"there; allowed: {ALLOWED_SBATCH}")
     return value
+
+
+def _short(value: str, limit: int = 80) -> str:
+    """A value for an error message: repr'd, and cut when very long."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} chars)"
+
+
+def quoted(value: str, what: str) -> str:
+    """A literal shell word; a NUL byte (which bash drops from a script) is refused."""
+    if "\0" in value:
+        raise ValueError(f"{what} contains a NUL byte, which a job script cannot carry")
+    return shlex.quote(value)
+
+
+def env_name(name: str) -> str:
+    """An exported name is written unquoted, so it must be a plain variable name."""
+    if not ENV_NAME_RE.fullmatch(name):
+        raise ValueError(f"env: {_short(name)} is not an environment variable name "
+                         "(letters, digits and _, not starting with a digit)")
+    return name
 
 
 def job_name(name: str, session_id: str) -> str:
@@ -89,23 +115,45 @@ def header(spec: ServeSpec, opts: JobOptions, name: str, session_id: str) -> lis
     out = sbatch_value(opts.workdir, "workdir") + "/slurm-%j.out"
     lines += [f"#SBATCH --output={out}", f"#SBATCH --error={out}"]
     for extra in opts.sbatch_extra:
-        if "\n" in extra or not extra.startswith("--"):
-            raise ValueError(f"extra #SBATCH option {extra!r} must be one line starting with --")
-        lines.append("#SBATCH " + " ".join(sbatch_value(w, "extra #SBATCH option")
-                                          for w in extra.split()))
+        # str.split() below also splits at \r, \v, \x1c... : only printable text is one line.
+        if not extra.isprintable() or not extra.startswith("--"):
+            raise ValueError(f"extra #SBATCH option {_short(extra)} must be one line starting "
+                             f"with -- (options of {ALLOWED_SBATCH}, separated by spaces)")
+        lines.append("#SBATCH " + " ".join(_sbatch_words(extra)))
     return lines
 
 
+def _sbatch_words(extra: str) -> list[str]:
+    """The words of one sbatch_extra entry: options, each optionally followed by its value
+    (`--constraint a100`). sbatch refuses a stray word only after the job's files are written
+    ("Invalid directive found in batch script"), so it is refused here, by name."""
+    words = extra.split()
+    takes_value = False
+    for word in words:
+        sbatch_value(word, "extra #SBATCH option")
+        if word.startswith("-"):
+            takes_value = "=" not in word
+        elif takes_value:
+            takes_value = False
+        else:
+            raise ValueError(f"extra #SBATCH option {_short(extra)}: {_short(word)} is neither "
+                             "an option nor the value of the option before it")
+    return words
+
+
 def engine_command(spec: ServeSpec, opts: JobOptions) -> str:
+    problem = nul_problem(spec.argv, {})
+    if problem:
+        raise ValueError(problem)
     words = [shell_word(a) for a in spec.argv]
     if opts.container_runtime and opts.container_image:
-        prefix = [opts.container_runtime, "exec"]
+        prefix = [quoted(opts.container_runtime, "container.runtime"), "exec"]
         if spec.gpus:
             prefix.append("--nv")
         for bind in opts.container_binds:
-            prefix += ["--bind", bind]
-        prefix.append(opts.container_image)
-        words = [shlex.quote(w) for w in prefix] + words
+            prefix += ["--bind", quoted(bind, "container.binds")]
+        prefix.append(quoted(opts.container_image, "the container image"))
+        words = prefix + words
     return " ".join(words)
 
 
@@ -114,15 +162,15 @@ def build(spec: ServeSpec, opts: JobOptions, *, name: str, session_id: str,
     """The whole sbatch script. `secret_env` names variables read from the 0600 secrets file."""
     lines = header(spec, opts, name, session_id)
     lines += ["# Generated by hpcserve-jupyter. Values from recipes and configs are quoted.",
-              "set -uo pipefail", f"WORKDIR={shlex.quote(opts.workdir)}", 'cd "$WORKDIR"']
+              "set -uo pipefail", f"WORKDIR={quoted(opts.workdir, 'workdir')}", 'cd "$WORKDIR"']
     for module in opts.modules:
-        lines.append(f"module load {shlex.quote(module)}")
-    env = {**dict(opts.env), **spec.env_dict()}
-    for key, value in sorted(env.items()):
-        lines.append(f"export {key}={shlex.quote(value)}")
-    lines += [f"export HPCSERVE_PYTHON={shlex.quote(opts.python)}",
-              f"export HPCSERVE_SESSION_ID={shlex.quote(session_id)}",
-              f"BIND_HOST={shlex.quote(opts.bind_host)}"]
+        lines.append(f"module load {quoted(module, 'modules')}")
+    for key, value in sorted(_env(spec, opts).items()):
+        if not has_placeholder(value):  # the others are set per replica (port, host)
+            lines.append(f"export {key}={quoted(value, f'env {key}')}")
+    lines += [f"export HPCSERVE_PYTHON={quoted(opts.python, 'python')}",
+              f"export HPCSERVE_SESSION_ID={quoted(session_id, 'session id')}",
+              f"BIND_HOST={quoted(opts.bind_host, 'bind_host')}"]
     # Secrets come from a file only the user can read, never from the script text.
     lines.append('if [ -f "$WORKDIR/secrets.env" ]; then set -a; . "$WORKDIR/secrets.env"; '
                  "set +a; fi")
@@ -131,6 +179,15 @@ def build(spec: ServeSpec, opts: JobOptions, *, name: str, session_id: str,
     lines += _gpu_slices(spec)
     lines += _runtime(spec, opts)
     return "\n".join(lines) + "\n"
+
+
+def _env(spec: ServeSpec, opts: JobOptions) -> dict[str, str]:
+    """The job's environment (the recipe's wins over the target's), names and values checked."""
+    env = {env_name(k): v for k, v in {**dict(opts.env), **spec.env_dict()}.items()}
+    problem = nul_problem((), env)
+    if problem:
+        raise ValueError(problem)
+    return env
 
 
 def _gpu_slices(spec: ServeSpec) -> list[str]:
@@ -149,6 +206,9 @@ def _gpu_slices(spec: ServeSpec) -> list[str]:
 
 def _runtime(spec: ServeSpec, opts: JobOptions) -> list[str]:
     cmd = engine_command(spec, opts)
+    # Values naming the port or host (qdrant's QDRANT__SERVICE__HTTP_PORT) differ per replica.
+    per_replica = [f"    export {k}={shell_word(v)}" for k, v in sorted(_env(spec, opts).items())
+                   if has_placeholder(v)]
     base = "" if spec.base_port is None else str(spec.base_port)
     lines = [
         f"REPLICAS={spec.replicas}",
@@ -178,6 +238,7 @@ def _runtime(spec: ServeSpec, opts: JobOptions) -> list[str]:
         "    fi",
         '    echo "hpcserve: replica $r on $NODE:$PORT"'
         ' "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-}"',
+        *per_replica,
         f"    exec {cmd}",
         '  ) >> "$LOG" 2>&1 &',
         '  PIDS+=("$!")',

@@ -177,6 +177,10 @@ def build_command(argv: Sequence[str | os.PathLike[str]], *, login_shell: bool =
         raise BadInput("empty command: run() needs at least the program name")
     if not all(isinstance(arg, str) for arg in args):
         raise TypeError("command arguments must be str or str paths")
+    for i, arg in enumerate(args):
+        if "\0" in arg:  # the remote shell gets a C string: it would end there
+            raise BadInput(f"argument {i} of {args[0][:40]!r} contains a NUL byte, which no "
+                           "command line can carry")
     command = shlex.join(args)
     return shlex.join(["bash", "-lc", command]) if login_shell else command
 
