@@ -115,6 +115,7 @@ def test_bad_input_records_nothing(hp):
         (lambda: hp.launch("smollm2-135m", time="banana"), BadInput),
         (lambda: hp.launch("smollm2-135m", on="mars"), NotFound),
         (lambda: hp.launch("smollm2-135m", name="bad name; rm -rf /"), BadInput),
+        (lambda: hp.launch("smollm2-135m", name="trailing-newline\n"), BadInput),
     ]:
         with pytest.raises(err):
             call()

@@ -164,7 +164,7 @@ class SessionManager:
         overrides = dict(overrides or {})
         spec = self.resolve(recipe, backend, overrides)
         tgt = self.target(target)
-        if name is not None and not re.match(NAME_RE, name):
+        if name is not None and not re.fullmatch(NAME_RE, name):
             raise BadInput(f"invalid session name {name!r}",
                            hint="use letters, digits, '.', '_' and '-' (at most 63 characters)")
         if name and self.store.name_in_use(name):

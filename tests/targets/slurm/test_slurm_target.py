@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -123,22 +125,31 @@ def test_time_limit_reached_is_timeout(hp):
     assert done and done.state == State.TIMEOUT, done and done.reason
 
 
-def test_shell_metacharacters_never_execute(hp, tmp_path):
-    canary = tmp_path / "canary"
+def test_shell_metacharacters_never_execute(hp):
+    # The job runs as the cluster's user: the canary's directory must be writable for it, or
+    # an executed `touch` would fail and the check could not fail (tests/reliability/test_r6
+    # covers every field; this is the quick check of the common path).
+    box = Path(tempfile.mkdtemp(prefix="hpcserve-canary-", dir="/tmp"))
+    box.chmod(0o777)
+    canary = box / "canary"
     evil = f"$(touch {canary}); `touch {canary}`; touch {canary} #'\"\n"
-    s = hp.launch("smollm2-135m", on="cluster", name="evil-name", timeout=180,
-                  **{"env.EVIL": evil, "engine_args.chat_format": evil,
-                     "served_model_name": "x-model"})
-    # The engine rejects the odd chat format or starts; either way nothing was executed.
-    time.sleep(2)
-    assert not canary.exists()
-    job_text = Path(s.handle["workdir"], "job.sh").read_text()
-    assert f"touch {canary}" in job_text  # present, but only inside quotes
-    with pytest.raises(BadInput, match="partition"):
-        Hpcserve(target_configs={"c": {"kind": "slurm", "host": "local",
-                                       "partition": "debug\n#SBATCH --uid=0"}}).launch(
-            "smollm2-135m", on="c", wait=False)
-    assert not canary.exists()
+    try:
+        s = hp.launch("smollm2-135m", on="cluster", name="evil-name", timeout=180,
+                      **{"env.EVIL": evil, "engine_args.chat_format": evil,
+                         "served_model_name": "x-model"})
+        # launch() returns once the engine answered or the job ended: the script has run.
+        # The engine rejects the odd chat format or starts; either way nothing was executed.
+        assert s.state in (State.READY, State.FAILED), (s.state, s.reason)
+        assert not canary.exists()
+        job_text = Path(s.handle["workdir"], "job.sh").read_text()
+        assert f"touch {canary}" in job_text  # present, but only inside quotes
+        with pytest.raises(BadInput, match="partition"):
+            Hpcserve(target_configs={"c": {"kind": "slurm", "host": "local",
+                                           "partition": "debug\n#SBATCH --uid=0"}}).launch(
+                "smollm2-135m", on="c", wait=False)
+        assert not canary.exists()
+    finally:
+        shutil.rmtree(box, ignore_errors=True)
 
 
 def test_unknown_host_key_is_refused_with_a_hint(configs, tmp_path):

@@ -109,6 +109,17 @@ def test_pod_body_runs_the_argv_with_placeholders_filled_and_the_key_by_referenc
     assert plan.url == f"{plan.ids.pod}.pods.tacc.tapis.io"
 
 
+def test_placeholders_in_env_values_are_filled_in_and_the_key_is_a_secret():
+    s = spec(env=(("QDRANT__SERVICE__HTTP_PORT", PORT), ("WHERE", f"{HOST}:{PORT}"),
+                  ("QDRANT__SERVICE__API_KEY", API_KEY)), argv=("qdrant",))
+    plan = deploy.plan(request(s), cfg(port=6333, env={"PY": PYTHON}))
+    env = plan.pod["environment_variables"]
+    assert env["QDRANT__SERVICE__HTTP_PORT"] == "6333" and env["WHERE"] == "0.0.0.0:6333"
+    assert env["PY"] == "python3"
+    assert env["QDRANT__SERVICE__API_KEY"] == KEY and KEY in plan.secrets
+    assert "HPCSERVE_API_KEY" not in env  # not on the command line: not passed twice
+
+
 def test_pod_body_defaults_and_config_choices():
     s = spec(cpus=0, memory_mb=0, image=None, model="/abs/model.gguf", max_lifetime_s=60)
     plan = deploy.plan(request(s), cfg(port=5000, python="/opt/py/bin/python",

@@ -89,7 +89,12 @@ def uses_key_placeholder(spec: ServeSpec) -> bool:
 def environment(req: LaunchRequest, s: TapisPodsConfig) -> tuple[dict[str, str], list[str]]:
     """The pod's environment and the secret values in it."""
     spec = req.spec
-    env: dict[str, str] = {**s.env, **spec.env_dict()}
+    # Placeholders in values (qdrant's QDRANT__SERVICE__HTTP_PORT={HPCSERVE_PORT}) are filled
+    # in as on the other targets; the API key only below, as a secret.
+    fill = {PORT: str(s.port), HOST: BIND_HOST, PYTHON: s.python}
+    env: dict[str, str] = {k: render(str(v), fill) for k, v in {**s.env,
+                                                                **spec.env_dict()}.items()}
+    key_in_env = sorted(k for k, v in env.items() if API_KEY in v)
     secrets: list[str] = []
     if spec.model:
         env["HPCSERVE_MODEL"] = spec.model
@@ -107,12 +112,15 @@ def environment(req: LaunchRequest, s: TapisPodsConfig) -> tuple[dict[str, str],
     secret_env = req.secret_env()
     env.update(secret_env)
     secrets += [v for v in secret_env.values() if v]
-    if uses_key_placeholder(spec):
+    if uses_key_placeholder(spec) or key_in_env:
         key = req.secrets.get("api_key")
         if not key:
-            raise BadInput("the engine takes an API key on its command line, but the launch "
-                           "has no per-session key")
-        env[API_KEY_VAR] = key
+            raise BadInput("the engine takes an API key on its command line or in its "
+                           "environment, but the launch has no per-session key")
+        if uses_key_placeholder(spec):
+            env[API_KEY_VAR] = key
+        for name in key_in_env:
+            env[name] = render(env[name], {API_KEY: key})
         secrets.append(key)
     return {k: str(v) for k, v in env.items()}, secrets
 
