@@ -41,3 +41,24 @@ def test_sacct_gives_exit_codes_and_skips_steps():
     assert jobs["109"].state == "CANCELLED" and jobs["109"].phase == Phase.STOPPED
     assert jobs["110"].phase == Phase.EXITED and "out of memory" in jobs["110"].describe()
     assert "node failed" in jobs["111"].describe()
+
+
+def test_an_ended_job_without_an_accounted_exit_code_reports_the_engines(tmp_path):
+    """Accounting may not give the exit code (no slurmdbd, a job completion log that lost the
+    job after a slurmctld restart): the job's own exit_code file says how the engine ended."""
+    from hpcserve_jupyter.targets.slurm.states import JobInfo
+    from hpcserve_jupyter.targets.slurm.target import SlurmTarget
+
+    (tmp_path / "exit_code").write_text("137\n")
+    (tmp_path / "engine.log").write_text("GET /v1/models 200\n")
+    target = SlurmTarget("c", {"host": "local"})
+    handle = {"job_id": "7", "workdir": str(tmp_path)}
+    st = target._status(handle, JobInfo("7", "FAILED"))
+    assert st.phase == Phase.EXITED and st.exit_code == 137
+    assert st.reason == "the job ended FAILED (the engine's exit code 137: killed by SIGKILL)"
+    assert "GET /v1/models" in st.log_tail
+    gone = target._status(handle, None)
+    assert "no longer known to SLURM (the engine's exit code 137: killed by SIGKILL)" \
+        in gone.reason
+    accounted = target._status(handle, JobInfo("7", "FAILED", exit_code=1))
+    assert accounted.reason == "the job ended FAILED (exit code 1)"  # sacct's own code wins

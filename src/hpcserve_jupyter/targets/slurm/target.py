@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...errors import BadInput, HpcserveError, LaunchError, RecipeError, TargetUnreachable
-from ..base import LaunchRequest, Phase, Target, TargetStatus
+from ..base import LaunchRequest, Phase, Target, TargetStatus, exit_text
 from . import script
 from .ssh import LocalShell, RemoteCommandError, Shell, SSHSettings, shared_connection
 from .states import SACCT_FIELDS, SQUEUE_FORMAT, JobInfo, parse_sacct, parse_squeue
@@ -244,8 +244,9 @@ class SlurmTarget(Target):
     def _status(self, handle: Mapping[str, Any], info: JobInfo | None) -> TargetStatus:
         if info is None:
             code = self._exit_code_file(handle)
-            return TargetStatus(Phase.EXITED, reason="the job is no longer known to SLURM",
-                                exit_code=code, log_tail=self._log_tail(handle))
+            return TargetStatus(Phase.EXITED, reason="the job is no longer known to SLURM"
+                                + (f" (the engine's {exit_text(code)})" if code is not None
+                                   else ""), exit_code=code, log_tail=self._log_tail(handle))
         phase = info.phase
         if phase == Phase.PENDING:
             return TargetStatus(Phase.PENDING, reason=info.describe())
@@ -262,9 +263,13 @@ class SlurmTarget(Target):
         if phase == Phase.STOPPING:
             return TargetStatus(Phase.STOPPING, reason=f"job {info.state.lower()}")
         self._close_tunnels(handle)
-        exit_code = info.exit_code if info.exit_code is not None else \
-            self._exit_code_file(handle)
-        return TargetStatus(phase, reason=info.describe(), exit_code=exit_code,
+        reason = info.describe()
+        exit_code = info.exit_code
+        if exit_code is None:  # accounting without it (e.g. the job completion log lost it)
+            exit_code = self._exit_code_file(handle)
+            if exit_code is not None:
+                reason += f" (the engine's {exit_text(exit_code)})"
+        return TargetStatus(phase, reason=reason, exit_code=exit_code,
                             log_tail=self._log_tail(handle))
 
     def _read_endpoint(self, handle: Mapping[str, Any]) -> tuple[str, list[int]] | None:
