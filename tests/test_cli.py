@@ -34,6 +34,24 @@ def test_recipes_and_targets(run_cli):
     (["launch", "smollm2-135m", "--on", "mars"], ["unknown target 'mars'", "targets.yaml"]),
     (["status", "nope"], ["no session 'nope'"]),
     (["stop", "nope"], ["no session 'nope'"]),
+    # found by fuzzing (R5):
+    # launch options given as --set reached the facade's launch() as keyword arguments: a
+    # TypeError traceback ("got multiple values for keyword argument 'backend'"), or silently
+    # taken for the facade's own argument (timeout, progress)
+    (["launch", "smollm2-135m", "--set", "wait=1"], ["unknown override 'wait'", "use --wait"]),
+    (["launch", "smollm2-135m", "--set", "on=local"], ["unknown override 'on'", "use --on"]),
+    (["launch", "smollm2-135m", "--set", "name=x"], ["unknown override 'name'", "use --name"]),
+    (["launch", "smollm2-135m", "--set", "timeout=5"], ["unknown override 'timeout'"]),
+    (["launch", "smollm2-135m", "--set", "recipe=x"], ["unknown override 'recipe'"]),
+    (["launch", "smollm2-135m", "--set", "backend=vllm"], ["does not support backend 'vllm'"]),
+    (["launch", "smollm2-135m", "--backend", "llama-cpp", "--set", "backend=vllm"],
+     ["disagree"]),
+    # numbers that cannot mean anything: were accepted (a busy monitor loop, a wait that never
+    # times out, the log from line 3 on)
+    (["monitor", "--interval", "0"], ["--interval", "seconds > 0"]),
+    (["monitor", "--interval", "nan"], ["--interval", "seconds > 0"]),
+    (["launch", "smollm2-135m", "--wait", "--timeout", "-1"], ["--timeout", "seconds > 0"]),
+    (["logs", "x", "--tail", "-3"], ["--tail", "integer >= 0"]),
 ])
 def test_bad_input_exits_2_with_a_clear_message(run_cli, args, words):
     r = run_cli(*args)
@@ -80,3 +98,30 @@ def test_cli_launch_failure_shows_reason_and_log_tail(run_cli, tmp_path):
     assert r.returncode == 1
     assert "failed" in r.stderr and "nope.gguf" in r.stderr
     assert "Traceback (most recent call last)" not in r.stderr.split("engine log")[0]
+
+
+# ---------------------------------------------------------------------- found by fuzzing (R5)
+
+
+def test_chat_with_a_session_that_is_not_ready_says_so_before_reading(run_cli, tmp_path):
+    (tmp_path / "targets.yaml").write_text(
+        "targets:\n  local: {kind: local, python: /nonexistent/python}\n")
+    r = run_cli("launch", "smollm2-135m", "--name", "gone")
+    assert r.returncode == 1 and "was not found" in r.stderr, r.stderr  # a failed session
+    r = run_cli("chat", "gone", input="hello\n\n")
+    assert r.returncode == 1 and "gone is failed, not ready" in r.stderr, r.stderr
+    assert "chatting with" not in r.stderr
+
+
+def test_progress_writes_to_stderr_as_it_is_when_used():
+    """The default stream was bound at import: redirect_stderr (and pytest) missed it."""
+    import contextlib
+    import io
+    import types
+
+    from hpcserve_jupyter.cli import Progress
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        Progress()(types.SimpleNamespace(state="pending", reason="", name="s-1"))
+    assert "s-1: pending" in err.getvalue()

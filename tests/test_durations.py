@@ -32,3 +32,16 @@ def test_parse_size(text, mb):
 def test_parse_size_rejects(bad):
     with pytest.raises(ValueError):
         parse_size_mb(bad)
+
+
+@pytest.mark.parametrize("bad", ["9" * 400 + "s", "1" + "0" * 310 + "d", float("inf"),
+                                 float("nan")])
+def test_durations_beyond_a_float_are_a_value_error(bad):
+    """Digit strings past 1e308 become float('inf'): a ValueError, not an OverflowError."""
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(bad)
+
+
+def test_sizes_beyond_a_float_are_a_value_error():
+    with pytest.raises(ValueError, match="too large a size"):
+        parse_size_mb("9" * 400 + "G")

@@ -116,6 +116,8 @@ def test_overrides_merge_and_revalidate(tmp_path):
     ({"colour": "red"}, ["unknown override 'colour'", "gpus"]),
     ({"name": "other"}, ["unknown override"]),
     ({"env.1BAD": "x"}, ["not an environment variable name"]),
+    ({"env.OK\n": "x"}, ["not an environment variable name"]),  # `$` matched before a \n
+    ({"engine_args.max-len\n": "1"}, ["not a flag name"]),
     ({"port": "80"}, ["port=", "greater than or equal to 1024"]),
 ])
 def test_invalid_overrides_say_what_to_fix(tmp_path, overrides, words):
@@ -125,3 +127,57 @@ def test_invalid_overrides_say_what_to_fix(tmp_path, overrides, words):
         apply_overrides(recipe, overrides, "vllm")
     for w in words:
         assert w in str(exc.value), str(exc.value)
+
+
+# ---------------------------------------------------------------------- found by fuzzing (R5)
+
+
+@pytest.mark.parametrize("data,words", [
+    (b"name: tiny\n\xff\xfe oops\n", ["tiny.yaml:2", "not UTF-8 text (byte 0xff)"]),
+    (b"name: tiny\ncreated: 2024-13-45\n", ["not valid YAML", "month must be in 1..12"]),
+    (b"name: tiny\ncpus: " + b"9" * 5000 + b"\n", ["not valid YAML", "digits"]),
+    (b"[" * 1000, ["not valid YAML: nested too deeply"]),
+    (b'name: "tiny\\ud800"\n', ["tiny.yaml:1", "name: not valid text"]),
+])
+def test_unreadable_recipe_files_are_recipe_errors(tmp_path, data, words):
+    """Bytes PyYAML or Python choke on outside yaml.YAMLError (UnicodeDecodeError, ValueError
+    from its int and date constructors, RecursionError) are a RecipeError naming the file."""
+    (tmp_path / "tiny.yaml").write_bytes(data)
+    cat = Catalog([tmp_path])
+    err = cat.errors[tmp_path / "tiny.yaml"]
+    for w in words:
+        assert w in str(err), str(err)
+
+
+@pytest.mark.parametrize("field,value", [("time", "9" * 400 + "s"), ("memory", "9" * 400 + "G"),
+                                         ("time", "1" + "0" * 310 + "d")])
+def test_durations_and_sizes_too_large_for_a_float_are_refused(tmp_path, field, value):
+    write(tmp_path, "tiny.yaml", GOOD)
+    recipe = Catalog([tmp_path]).get("tiny")
+    with pytest.raises(BadInput) as exc:  # was an OverflowError from inside pydantic
+        apply_overrides(recipe, {field: value}, "vllm")
+    assert f"invalid override {field}=" in str(exc.value) and "..." in str(exc.value)
+
+
+def test_two_files_of_one_directory_naming_one_recipe(tmp_path):
+    """The second file is reported (not silently shadowed); across directories, later wins."""
+    write(tmp_path, "a.yaml", GOOD)
+    write(tmp_path, "b.yaml", GOOD.replace("a test recipe", "a copy"))
+    cat = Catalog([tmp_path])
+    assert cat.get("tiny").description == "a test recipe"
+    err = cat.errors[tmp_path / "b.yaml"]
+    assert "b.yaml:1" in str(err) and "already defined in a.yaml" in str(err)
+    other = tmp_path / "later"
+    write(other, "c.yaml", GOOD.replace("a test recipe", "override"))
+    assert Catalog([tmp_path, other]).get("tiny").description == "override"
+
+
+def test_override_errors_name_the_key_given_and_cut_long_values(tmp_path):
+    write(tmp_path, "tiny.yaml", GOOD)
+    recipe = Catalog([tmp_path]).get("tiny")
+    with pytest.raises(BadInput) as exc:  # pydantic's location ends in a union tag ('str')
+        apply_overrides(recipe, {"engine_args.vllm.x.y": "1"}, "vllm")
+    assert "invalid override engine_args.vllm.x.y='1'" in str(exc.value)
+    with pytest.raises(BadInput) as exc:
+        apply_overrides(recipe, {"env.X": "\ud800"}, "vllm")  # JSON can carry one
+    assert "invalid override 'env.X': not valid text" in str(exc.value)

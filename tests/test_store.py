@@ -62,6 +62,17 @@ def test_find_by_id_prefix_and_name(tmp_path):
     assert st.name_in_use("s-2")
 
 
+def test_like_wildcards_in_a_key_are_plain_characters(tmp_path):
+    """'%' and '_' typed by a user match themselves, not any id or name."""
+    st = Store(tmp_path / "s.db")
+    st.insert(make(1, name="a_b"))
+    st.insert(make(2, name="axb"))
+    assert st.find("%") == [] and st.find("id_") == [] and st.find("\\") == []
+    assert sorted(s.id for s in st.find("id00000")) == ["id000001", "id000002"]
+    assert sorted(st.names_like("a_")) == ["a_b-1"]
+    assert sorted(st.names_like("a%")) == []
+
+
 def test_two_stores_on_one_file_from_threads(tmp_path):
     path = tmp_path / "s.db"
     stores = [Store(path), Store(path)]

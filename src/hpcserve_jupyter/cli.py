@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -34,6 +35,51 @@ def parse_sets(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+# Options of a launch that are no recipe override: `--set` must not reach the facade's launch()
+# under these names, where they would clash with (or silently become) its own arguments.
+_LAUNCH_OPTIONS = {"recipe": "RECIPE", "on": "--on", "name": "--name", "wait": "--wait",
+                   "timeout": "--timeout", "progress": None}
+
+
+def launch_overrides(args: argparse.Namespace) -> tuple[str | None, dict[str, str]]:
+    """(backend, overrides) of a launch command (CLI and %serve launch): --set pairs plus the
+    --gpus/--time shortcuts; `--set backend=B` is accepted as the REST API accepts it."""
+    from .errors import BadInput
+
+    overrides = parse_sets(args.set)
+    for key, option in _LAUNCH_OPTIONS.items():
+        if key in overrides:
+            raise BadInput(f"unknown override {key!r}: it is not a recipe field",
+                           hint=f"use {option}" if option else None)
+    backend = args.backend
+    if "backend" in overrides:
+        chosen = overrides.pop("backend")
+        if backend is not None and chosen != backend:
+            raise BadInput(f"--backend {backend} and --set backend={chosen} disagree")
+        backend = chosen or backend
+    if args.gpus is not None:
+        overrides["gpus"] = args.gpus
+    if args.time is not None:
+        overrides["time"] = args.time
+    return backend, overrides
+
+
+def seconds_arg(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0 (nan, inf and negatives are typos)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def count_arg(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="hpcserve", description="Serve AI models on local GPUs, SLURM clusters and "
                 "Tapis pods, and prompt them.")
@@ -57,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a recipe field (repeatable): cpus=4, port=8000, "
                     "engine_args.FLAG=V, env.NAME=V")
     la.add_argument("--wait", action="store_true", help="wait until the session is ready")
-    la.add_argument("--timeout", type=float, help="with --wait: give up after SECONDS")
+    la.add_argument("--timeout", type=seconds_arg, help="with --wait: give up after SECONDS")
     la.add_argument("--json", action="store_true")
 
     st = sub.add_parser("status", help="show sessions, or one session")
@@ -67,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lg = sub.add_parser("logs", help="show a session's engine log")
     lg.add_argument("id")
-    lg.add_argument("--tail", type=int, default=100, help="last N lines (0: all)")
+    lg.add_argument("--tail", type=count_arg, default=100, help="last N lines (0: all)")
     lg.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
 
     pr = sub.add_parser("prompt", help="send one prompt and stream the answer")
@@ -88,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     ka.add_argument("id")
     mo = sub.add_parser("monitor", help="run the monitor loop in the foreground (autostop, "
                         "status) until Ctrl-C")
-    mo.add_argument("--interval", type=float, default=5.0)
+    mo.add_argument("--interval", type=seconds_arg, default=5.0)
     return p
 
 
@@ -170,10 +216,11 @@ def cmd_targets(args: argparse.Namespace) -> int:
 class Progress:
     """Prints a line whenever the session's state or reason changes, with the elapsed time."""
 
-    def __init__(self, stream: Any = sys.stderr) -> None:
+    def __init__(self, stream: Any = None) -> None:
         self.start = time.monotonic()
         self.last: tuple[str, str] | None = None
-        self.stream = stream
+        # sys.stderr as it is when used, not at import (redirect_stderr, pytest's capture)
+        self.stream = stream if stream is not None else sys.stderr
 
     def __call__(self, session: Any) -> None:
         key = (str(session.state), session.reason)
@@ -185,13 +232,9 @@ class Progress:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    overrides = parse_sets(args.set)
-    if args.gpus is not None:
-        overrides["gpus"] = args.gpus
-    if args.time is not None:
-        overrides["time"] = args.time
+    backend, overrides = launch_overrides(args)
     api = _api()
-    session = api.launch(args.recipe, backend=args.backend, on=args.on, name=args.name,
+    session = api.launch(args.recipe, backend=backend, on=args.on, name=args.name,
                          wait=False, **overrides)
     print(f"launched {session.name} (id {session.id}) on {session.target}", file=sys.stderr)
     if args.wait:
@@ -278,6 +321,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     api = _api()
     history: list[dict[str, str]] = []
     session = api.status(args.id)
+    from .prompting import require_ready
+
+    require_ready(session)  # before asking for a first line that could not be answered
     print(f"chatting with {session.name} ({session.model}); an empty line ends", file=sys.stderr)
     while True:
         try:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*$", re.I)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.I)
+
+
+def _short(value: object) -> str:
+    """A value for an error message, cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_duration(value: str | int | float) -> int:
@@ -16,6 +23,8 @@ def parse_duration(value: str | int | float) -> int:
     if isinstance(value, int | float):
         if value <= 0:
             raise ValueError("a duration must be positive")
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a duration")
         return int(value)
     text = str(value).strip()
     m = _DURATION.match(text)
@@ -37,6 +46,8 @@ def parse_duration(value: str | int | float) -> int:
         seconds = days * 86400 + nums[0] * 3600 + nums[1] * 60 + nums[2]
     if seconds <= 0:
         raise ValueError("a duration must be positive")
+    if not math.isfinite(seconds):  # '1e400'-sized digit strings become float('inf')
+        raise ValueError(f"{_short(value)} is too long a duration")
     return int(seconds)
 
 
@@ -61,7 +72,10 @@ def parse_size_mb(value: str | int) -> int:
         raise ValueError(f"{value!r} is not a size: use '16G' or '512M'")
     unit = (m.group(2) or "m")[0].lower()
     factor = {"b": 1 / 2**20, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024**2}[unit]
-    mb = int(float(m.group(1)) * factor)
+    mb_float = float(m.group(1)) * factor
+    if not math.isfinite(mb_float):  # '1e400'-sized digit strings become float('inf')
+        raise ValueError(f"{_short(value)} is too large a size")
+    mb = int(mb_float)
     if mb <= 0:
         raise ValueError("a size must be positive")
     return mb

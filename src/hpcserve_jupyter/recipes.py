@@ -26,16 +26,16 @@ from pydantic import (
 
 from .durations import parse_duration, parse_size_mb
 from .errors import BadInput, NotFound, RecipeError, close_matches
+from .spec import env_problem
 from .yamlfile import explain, line_of, load_with_lines
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-ARG_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+ARG_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 Scalar = str | int | float | bool
 
 
 def _flag_name(flag: str) -> str:
-    if not ARG_NAME_RE.match(flag):
+    if not ARG_NAME_RE.fullmatch(flag):
         raise ValueError(f"{flag!r} is not a flag name; write it as the engine spells it, "
                          "without leading dashes (e.g. max-model-len)")
     return flag
@@ -115,11 +115,8 @@ class Recipe(BaseModel):
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         for k, val in v.items():
-            if not ENV_NAME_RE.match(k):
-                raise ValueError(f"{k!r} is not an environment variable name "
-                                 "([A-Za-z_][A-Za-z0-9_]*)")
-            if "\0" in str(val):
-                raise ValueError(f"the value of {k} contains a NUL byte")
+            if problem := env_problem(k, val):
+                raise ValueError(problem)
         return {k: str(val) for k, val in v.items()}
 
     @field_validator("idle_timeout", "max_lifetime")
@@ -182,11 +179,36 @@ def _allowed_fields(loc: tuple[Any, ...]) -> str | None:
     return "allowed fields: " + ", ".join(model.model_fields)
 
 
+def untextual(data: Any) -> tuple[Any, ...] | None:
+    """The location of the first string (key or value) in `data` that no command line, file or
+    environment can carry: a lone surrogate (JSON and YAML escapes can make one); else None.
+    Iterative, as REST bodies may nest a thousand levels deep."""
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
+    while stack:
+        loc, item = stack.pop()
+        if isinstance(item, str):
+            try:
+                os.fsencode(item)
+            except UnicodeEncodeError:
+                return loc
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                stack.append(((*loc, k), k))
+                stack.append(((*loc, k), v))
+        elif isinstance(item, list | tuple):
+            stack.extend(((*loc, i), v) for i, v in enumerate(item))
+    return None
+
+
 def validate_recipe(data: Any, *, path: str | None = None, root: Any = None) -> Recipe:
     """Validate a parsed recipe, turning the first pydantic error into a RecipeError."""
     if not isinstance(data, dict):
         raise RecipeError("a recipe must be a mapping of fields (name, category, model, ...)",
                           path=path, line=1)
+    bad = untextual(data)
+    if bad is not None:
+        raise RecipeError(f"{'.'.join(map(str, bad))}: not valid text (a lone surrogate "
+                          "escape)", path=path, line=line_of(root, bad))
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
@@ -201,6 +223,15 @@ def validate_recipe(data: Any, *, path: str | None = None, root: Any = None) -> 
 def load_recipe_file(path: Path) -> Recipe:
     data, root = load_with_lines(path)
     return validate_recipe(data, path=str(path), root=root)
+
+
+def line_of_name(path: Path) -> int | None:
+    """The line of a (valid) recipe file's `name:` field."""
+    try:
+        _, root = load_with_lines(path)
+    except RecipeError:
+        return None
+    return line_of(root, ("name",))
 
 
 def builtin_recipe_dir() -> Path:
@@ -233,6 +264,15 @@ class Catalog:
                     recipe = load_recipe_file(path)
                 except RecipeError as exc:
                     self.errors[path] = exc
+                    continue
+                first = self.sources.get(recipe.name)
+                if first is not None and first.parent == path.parent:
+                    # Later directories override earlier ones; two files of one directory
+                    # naming the same recipe is a mistake (a copy not renamed): say so.
+                    self.errors[path] = RecipeError(
+                        f"recipe {recipe.name!r} is already defined in {first.name}; this "
+                        "file is ignored", path=str(path), line=line_of_name(path),
+                        hint="give one of them another name")
                     continue
                 self.recipes[recipe.name] = recipe
                 self.sources[recipe.name] = path
@@ -294,7 +334,11 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any], backend: str) 
     (resources.cpus, env.HF_HOME, engine_args.max-model-len for the chosen backend).
     """
     data = copy.deepcopy(recipe.model_dump(exclude_none=False))
+    paths: dict[str, list[str]] = {}
     for raw_key, value in overrides.items():
+        if untextual([raw_key, value]) is not None:
+            raise BadInput(f"invalid override {_cut(raw_key)}: not valid text (a lone "
+                           "surrogate escape)")
         key = SHORTCUTS.get(raw_key, raw_key)
         parts = key.split(".")
         if parts[0] == "engine_args" and len(parts) == 2:
@@ -302,6 +346,7 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any], backend: str) 
             value = _scalar(value)
         elif parts[0] == "engine_args" and len(parts) == 3:
             value = _scalar(value)
+        paths[raw_key] = parts
         top = parts[0]
         if top not in Recipe.model_fields or top in ("name", "backends"):
             raise BadInput(
@@ -321,9 +366,30 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any], backend: str) 
     except ValidationError as exc:
         err = exc.errors()[0]
         msg = err["msg"].removeprefix("Value error, ")
-        loc = ".".join(str(p) for p in err["loc"] if p != "[key]")
+        loc = [str(p) for p in err["loc"] if p != "[key]"]
         if not loc:  # a rule across fields
             raise BadInput(f"invalid overrides: {msg}") from None
-        given = {SHORTCUTS.get(k, k): k for k in overrides}
-        raise BadInput(f"invalid override {given.get(loc, loc)}={err.get('input')!r}: "
-                       f"{msg}") from None
+        # The override the error is about: the longest common start of its path and the
+        # error's location (pydantic appends union member tags like 'str' or 'list[...]').
+        raw, common = max(((k, _common(p, loc)) for k, p in paths.items()),
+                          key=lambda kc: kc[1], default=(None, 0))
+        if raw is None or not common:
+            raise BadInput(f"invalid override {'.'.join(loc)}={_cut(err.get('input'))}: "
+                           f"{msg}") from None
+        raise BadInput(f"invalid override {raw}={_cut(overrides[raw])}: {msg}") from None
+
+
+def _common(a: list[str], b: list[str]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _cut(value: Any) -> str:
+    """repr of a value for a message, at most 60 characters (a pasted blob stays readable)."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deeply>"
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -89,6 +89,22 @@ def render_env(env: Mapping[str, str], values: Mapping[str, str]) -> dict[str, s
     return {k: render(v, values) for k, v in env.items()}
 
 
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def env_problem(name: str, value: object = "") -> str | None:
+    """What is wrong with one environment variable (recipe `env:`, a target's `env:`, a job
+    script's export), or None: a name a shell reads as a plain variable (fullmatch: a trailing
+    newline is no part of a name) and a value without NUL byte."""
+    if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+        return (f"{shown} is not an environment variable name (letters, digits and _, not "
+                "starting with a digit)")
+    if "\0" in str(value):
+        return f"the value of {name} contains a NUL byte"
+    return None
+
+
 def has_placeholder(text: str) -> bool:
     """Whether a target must fill something in (per replica, for the port and host)."""
     return any(token in text for token in PLACEHOLDERS)

@@ -45,6 +45,13 @@ CREATE INDEX IF NOT EXISTS events_session ON events(session_id, seq);
 _COLS = "data, activity"
 
 
+def _like_prefix(text: str) -> str:
+    """A LIKE pattern (with ESCAPE '\\') matching values that start with `text` literally:
+    '%' and '_' in a user's key are characters, not wildcards."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
 def _session(row: tuple[str, float]) -> Session:
     session = Session.from_dict(json.loads(row[0]))
     session.last_activity = max(session.last_activity, row[1])
@@ -132,9 +139,8 @@ class Store:
         """Sessions whose id, id prefix or name is `key` (live ones first)."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_COLS} FROM sessions WHERE id=? OR name=? OR id LIKE ? "
-                "ORDER BY created_at",
-                (key, key, key.replace("%", "").replace("_", "") + "%")).fetchall()
+                f"SELECT {_COLS} FROM sessions WHERE id=? OR name=? OR id LIKE ? ESCAPE '\\' "
+                "ORDER BY created_at", (key, key, _like_prefix(key))).fetchall()
         found = [_session(r) for r in rows]
         exact = [s for s in found if key in (s.id, s.name)]
         found = exact or found
@@ -149,8 +155,8 @@ class Store:
 
     def names_like(self, prefix: str) -> list[str]:
         with self._lock:
-            rows = self._db.execute("SELECT name FROM sessions WHERE name LIKE ?",
-                                    (prefix + "%",)).fetchall()
+            rows = self._db.execute("SELECT name FROM sessions WHERE name LIKE ? ESCAPE '\\'",
+                                    (_like_prefix(prefix),)).fetchall()
         return [r[0] for r in rows]
 
     def touch(self, session_id: str, when: float | None = None) -> None:

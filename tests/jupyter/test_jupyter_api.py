@@ -311,3 +311,108 @@ async def test_put_target_secrets_sets_allowed_names_in_the_server_environment(
                                method="PUT", body=json.dumps({"PATH": "/evil"}))
     assert code == 400 and "reads no secret from PATH" in err["error"]
     assert "/evil" not in json.dumps(err) and os.environ["PATH"] != "/evil"
+
+
+# ---------------------------------------------------------------------- found by fuzzing (R5)
+
+
+@pytest.mark.parametrize(("parts", "method", "body"), [
+    (("sessions",), "POST", "[" * 100000),
+    (("sessions",), "POST", '{"recipe": "smollm2-135m", "overrides": '
+     + '{"a": ' * 5000 + "1" + "}" * 5001),
+    (("targets", "local", "secrets"), "PUT", "[" * 100000),
+])
+async def test_json_nested_too_deeply_is_400_not_500(jp_fetch, parts, method, body):
+    code, err = await error_of(jp_fetch, "hpcserve", "api", *parts, method=method, body=body)
+    assert code == 400 and err["error"] == "the request body is nested too deeply", err
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "\ud800"])
+async def test_secret_values_no_environment_can_hold_are_400(jp_fetch, monkeypatch, value):
+    """NUL and lone surrogates made os.environ raise: a 500."""
+    import os
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    code, err = await error_of(jp_fetch, "hpcserve", "api", "targets", "local", "secrets",
+                               method="PUT", body=json.dumps({"HF_TOKEN": value}))
+    assert code == 400 and "the value of 'HF_TOKEN'" in err["error"], err
+    assert "environment name -> value" in err["detail"]
+    assert "HF_TOKEN" not in os.environ
+
+
+@pytest.mark.parametrize(("parts", "params", "words"), [
+    (("events", "log"), {"after": "9" * 25}, "'after' must be at most"),  # SQLite overflow
+    (("events", "log"), {"after": "-1"}, "'after' must be at least 0"),
+    (("events", "log"), {"after": "1_0"}, "'after' must be an integer"),
+    (("events", "log"), {"after": ""}, "'after' must be an integer"),
+    (("sessions",), {"live": ""}, "'live' must be 1/true or 0/false"),
+])
+async def test_query_parameters_are_what_the_document_says(jp_fetch, parts, params, words):
+    code, err = await error_of(jp_fetch, "hpcserve", "api", *parts, params=params)
+    assert code == 400 and words in err["error"], err
+
+
+async def test_from_start_is_a_boolean(jp_fetch, register, standin):
+    s = register([standin.url])
+    code, err = await error_of(jp_fetch, "hpcserve", "api", "sessions", s.id, "logs",
+                               params={"follow": "1", "from_start": "null"})
+    assert code == 400 and "'from_start'" in err["error"]
+
+
+async def test_a_session_name_ending_in_a_newline_is_refused(jp_fetch, ext):
+    """re.match(...$) took 'abc\\n' (the manager's check); the body's own check does not."""
+    code, err = await error_of(jp_fetch, "hpcserve", "api", "sessions", method="POST",
+                               body=json.dumps({"recipe": "smollm2-135m", "name": "abc\n"}))
+    assert code == 400 and "invalid session name 'abc\\n'" in err["error"], err
+    assert ext.manager.sessions() == []
+
+
+async def test_405_says_which_methods_are_allowed(jp_fetch):
+    for parts, allowed in [(("recipes",), "GET"), (("sessions",), "GET, POST"),
+                           (("targets", "local", "secrets"), "GET, PUT")]:
+        with pytest.raises(HTTPClientError) as exc:
+            await jp_fetch("hpcserve", "api", *parts, method="PATCH", body="{}",
+                           allow_nonstandard_methods=True)
+        assert exc.value.code == 405 and exc.value.response.headers["Allow"] == allowed
+
+
+async def test_proxy_refusals_before_the_body_close_the_connection_openly(jp_fetch):
+    """The proxy answers from prepare(), before a streamed body is read; tornado then closes
+    the connection: `Connection: close` tells keep-alive clients not to reuse it."""
+    with pytest.raises(HTTPClientError) as exc:
+        await jp_fetch("hpcserve", "proxy", "nosuch", "v1", "models", method="POST",
+                       body="0123456789")
+    assert exc.value.code == 404
+    assert exc.value.response.headers["Connection"] == "close"
+
+
+def test_the_proxy_path_pattern_is_what_the_proxy_accepts():
+    """The OpenAPI pattern of the proxy's {path} (one segment, sent percent-encoded) agrees
+    with proxy.safe_path on what it refuses."""
+    from urllib.parse import quote
+
+    from hpcserve_jupyter.jupyter.base import ApiError
+    from hpcserve_jupyter.jupyter.openapi import PROXY_PATH
+    from hpcserve_jupyter.jupyter.proxy import safe_path
+
+    for value in ["", ".", "..", "...", "a", "ab", ".a", "a.", "v1", "x@y", "a:b", "a b", "a\\b",
+                  "a/b", "a#b", "\x01", "%", "%2f", "é", "名前", "..a", "a..", "-"]:
+        try:
+            safe_path("/" + quote(value, safe=""))
+            accepted = True
+        except ApiError:
+            accepted = False
+        assert bool(re.search(PROXY_PATH, value)) == accepted, value
+
+
+async def test_gateway_errors_are_documented_in_openai_shape(jp_fetch):
+    _code, doc = await fetch_json(jp_fetch, "hpcserve", "api", "openapi.json")
+    schema = doc["components"]["schemas"]["OpenAIError"]
+    for path in ("/hpcserve/v1/models/{model}", "/hpcserve/v1/chat/completions"):
+        for status, answer in next(iter(doc["paths"][path].values()))["responses"].items():
+            if status >= "400":
+                ref = answer["content"]["application/json"]["schema"]["$ref"]
+                assert ref.endswith("/OpenAIError"), (path, status)
+    code, err = await error_of(jp_fetch, "hpcserve", "v1", "models", "nosuch")
+    assert code == 404 and set(err) <= set(schema["properties"])
+    assert isinstance(err["error"]["message"], str)

@@ -319,3 +319,54 @@ def test_bench_magic_writes_report_and_evaluation(ip, hp, tmp_path):
         assert json.loads((out / "load_test_report.json").read_text())["metrics"]["requests"] == 4
     finally:
         hp.stop(s.id)
+
+
+# --------------------------------------------------------------------------- found by fuzzing
+
+
+class _Awkward:
+    def __format__(self, spec: str) -> str:
+        raise RuntimeError("no format")
+
+
+@pytest.mark.parametrize("cell", ["{n[0]}", "{awkward}", "{n:%Y}"])
+def test_prompt_cells_that_cannot_be_filled_in_are_usage_errors(ip, capsys, cell):
+    """'{n[0]}' on an int is a TypeError, an object's own __format__ may raise anything:
+    both were tracebacks."""
+    ip.user_ns.update(n=3, awkward=_Awkward())
+    try:
+        result = run(ip, f"%%serve some-session\n{cell}")
+    finally:
+        ip.user_ns.pop("n"), ip.user_ns.pop("awkward")
+    assert isinstance(result.error_in_exec, UsageError), result.error_in_exec
+    assert "cannot fill in the prompt" in str(result.error_in_exec)
+    assert "Traceback" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("source,words", [
+    ("%%serve -o class some-session\nhi", "not a Python variable name"),  # a keyword
+    ("%serve status 'a\\x00b'", "NUL"),
+    ("%serve logs x --tail -1", "integer >= 0"),
+    ("%serve wait x --timeout nan", "seconds > 0"),
+    ("%serve launch smollm2-135m --set wait=1", None),  # a BadInput, printed (below)
+])
+def test_more_bad_input_is_a_usage_error(ip, capsys, source, words):
+    source = source.replace("\\x00", "\x00")
+    result = run(ip, source)
+    err = capsys.readouterr().err
+    if words is None:
+        assert result.error_in_exec is None and "unknown override 'wait'" in err
+    else:
+        assert isinstance(result.error_in_exec, UsageError), result.error_in_exec
+        assert words in str(result.error_in_exec)
+    assert "Traceback" not in err
+
+
+def test_files_the_user_names_fail_with_a_message(ip, capsys, tmp_path):
+    """bench --out under a regular file: an OSError from mkdir, printed, not a traceback."""
+    (tmp_path / "file").write_text("x")
+    result = run(ip, f"%serve bench nosuch --out {tmp_path}/file/sub")
+    captured = capsys.readouterr()
+    assert result.error_in_exec is None and result.result is None
+    assert "hpcserve: Not a directory" in captured.err and "file/sub" in captured.err
+    assert "Traceback" not in captured.err + captured.out

@@ -218,6 +218,7 @@ def test_python_placeholder_uses_configured_interpreter(tmp_path):
 @pytest.mark.parametrize(("config", "match"), [
     ({"env": {"A=B": "1"}}, r"env: 'A=B' is not an environment variable name"),
     ({"env": {"OK": "a\0b"}}, r"env: the value of OK contains a NUL byte"),
+    ({"env": {"OK\n": "1"}}, r"env: 'OK\\n' is not an environment variable name"),
     ({"python": "/usr/bin/python3\0"}, r"python: must be the path of an interpreter"),
     ({"host": "$(touch /tmp/x)"}, r"host: .* is not an IP address or host name"),
     ({"host": "-h"}, r"host: .* is not an IP address or host name"),

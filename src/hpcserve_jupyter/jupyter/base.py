@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, RootModel, ValidationError
 from tornado import web
 
 from ..errors import HpcserveError
@@ -27,9 +27,11 @@ if TYPE_CHECKING:
     from .app import HpcserveApp
 
 AUTH_RESOURCE = "hpcserve"
+INT64_MAX = 2**63 - 1  # the largest integer SQLite stores (query parameters reach the store)
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 _ANON = re.compile(r"^[0-9a-f]{32}$")
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only
 
 
 class ApiError(web.HTTPError):
@@ -79,19 +81,23 @@ def error_body(exc: BaseException | None, status: int) -> tuple[int, dict[str, A
 
 
 def validation_message(exc: ValidationError, model: type[BaseModel]) -> tuple[str, str]:
-    """A one-line message naming the bad fields, and a hint listing the allowed ones."""
+    """A one-line message naming the bad fields, and a hint listing the allowed ones (for a
+    body that is one mapping, a RootModel: what the body is)."""
     unknown, problems = [], []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             unknown.append(loc)
         elif err["type"] == "missing":
             problems.append(f"missing field {loc!r}")
         else:
-            problems.append(f"field {loc!r}: {err['msg']}")
+            problems.append(f"field {loc!r}: {msg}" if loc else msg)
     if unknown:
         problems.insert(0, ("unknown field " if len(unknown) == 1 else "unknown fields ")
                         + ", ".join(repr(u) for u in unknown))
+    if issubclass(model, RootModel):
+        return "; ".join(problems), (model.__doc__ or "").strip().splitlines()[0]
     allowed = ", ".join(model.model_fields)
     return "; ".join(problems), f"allowed fields: {allowed}"
 
@@ -156,6 +162,8 @@ class HpcserveHandler(ExtensionHandlerMixin, APIHandler):
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+        except RecursionError:  # '[[[[...' a few thousand deep: the client's, not ours
+            raise ApiError(400, "the request body is nested too deeply") from None
         if not isinstance(data, dict):
             raise ApiError(400, f"the request body must be a JSON object, not "
                            f"{type(data).__name__}")
@@ -165,24 +173,33 @@ class HpcserveHandler(ExtensionHandlerMixin, APIHandler):
             message, hint = validation_message(exc, model)
             raise ApiError(400, message, detail=hint) from None
 
-    def int_arg(self, name: str, default: int | None, *, minimum: int = 0) -> int | None:
+    def int_arg(self, name: str, default: int | None, *, minimum: int = 0,
+                maximum: int = INT64_MAX) -> int | None:
         value = self.get_argument(name, None)
-        if value is None or value == "":
+        if value is None:
             return default
         try:
+            if not _INTEGER.fullmatch(value):  # int() would take " 5", "1_0" and "٣" too
+                raise ValueError(value)
             number = int(value)
         except ValueError:
             raise ApiError(400, f"query parameter {name!r} must be an integer, not {value!r}"
                            ) from None
         if number < minimum:
             raise ApiError(400, f"query parameter {name!r} must be at least {minimum}")
+        if number > maximum:  # SQLite would raise OverflowError: a 500, not the client's fault
+            raise ApiError(400, f"query parameter {name!r} must be at most {maximum}")
         return number
 
-    def bool_arg(self, name: str) -> bool:
-        value = (self.get_argument(name, "") or "").lower()
-        if value in ("", "0", "false", "no", "off"):
+    def bool_arg(self, name: str, default: bool = False) -> bool:
+        """A boolean query parameter; absent: `default`. Anything but 1/true/yes/on or
+        0/false/no/off (an empty value too) is a 400, as the OpenAPI document says."""
+        value = self.get_argument(name, None)
+        if value is None:
+            return default
+        if value.lower() in ("0", "false", "no", "off"):
             return False
-        if value in ("1", "true", "yes", "on"):
+        if value.lower() in ("1", "true", "yes", "on"):
             return True
         raise ApiError(400, f"query parameter {name!r} must be 1/true or 0/false, not {value!r}")
 
@@ -206,6 +223,28 @@ class HpcserveHandler(ExtensionHandlerMixin, APIHandler):
         raise ClientGone()
 
     # ------------------------------------------------------------------ errors
+
+    @classmethod
+    def allowed_methods(cls) -> list[str]:
+        """The HTTP methods this handler implements (what a 405's Allow header lists)."""
+        return [m for m in cls.SUPPORTED_METHODS
+                if getattr(cls, m.lower(), None) not in (None,
+                                                         web.RequestHandler._unimplemented_method)]
+
+    def set_status(self, status_code: int, reason: str | None = None) -> None:
+        """A 405 always says which methods are allowed (RFC 9110 requires Allow), whichever
+        write_error (ours or the gateway's OpenAI-shaped one) writes the body.
+
+        An error answered before a streamed request body was read (the proxy refusing in
+        prepare()) makes tornado close the connection after the answer, to skip the body; say
+        so with `Connection: close`, else a keep-alive client sends its next request into the
+        closing connection and gets a reset instead of an answer."""
+        super().set_status(status_code, reason)
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
+        body = getattr(self.request, "_body_future", None)  # streamed bodies only
+        if status_code >= 400 and body is not None and not body.done():
+            self.set_header("Connection", "close")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = (kwargs.get("exc_info") or (None, None, None))[1]

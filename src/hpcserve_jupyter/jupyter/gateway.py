@@ -100,6 +100,8 @@ class InferenceHandler(RelayMixin, GatewayHandler):
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+        except RecursionError:  # '[[[[...' a few thousand deep: the client's, not ours
+            raise ApiError(400, "the request body is nested too deeply") from None
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object")
         model = body.get("model")

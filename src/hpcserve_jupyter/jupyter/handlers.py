@@ -6,20 +6,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
 import time
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.utils import url_path_join
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 from tornado import web
 from tornado.iostream import StreamClosedError
 
 from .base import ClientGone, HpcserveHandler
 
+# What the manager accepts as a session name (written for the OpenAPI document too, where `$`
+# would also match before a final newline in Python; checked with fullmatch here).
+SESSION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+NO_NUL = "^[^\\u0000]*$"  # JSON Schema pattern: no NUL character
+
 
 class SecretsBody(RootModel[dict[str, str]]):
     """The body of PUT /hpcserve/api/targets/{name}/secrets: environment name -> value."""
+
+    @field_validator("root")
+    @classmethod
+    def _environment_safe(cls, v: dict[str, str]) -> dict[str, str]:
+        # What os.environ cannot hold would raise there (a 500): NUL, lone surrogates.
+        for key, value in v.items():
+            if "\0" in key or "\0" in value:
+                raise ValueError(f"the value of {key!r} contains a NUL character")
+            try:
+                os.fsencode(key), os.fsencode(value)
+            except UnicodeEncodeError:
+                raise ValueError(f"the value of {key!r} is not valid text "
+                                 "(a lone surrogate)") from None
+        return v
 
 
 class LaunchBody(BaseModel):
@@ -29,10 +50,19 @@ class LaunchBody(BaseModel):
     recipe: str = Field(min_length=1, description="recipe name (GET /hpcserve/api/recipes)")
     backend: str | None = Field(None, description="serving engine; default: the recipe's first")
     target: str = Field("local", min_length=1, description="where it runs (GET targets)")
-    name: str | None = Field(None, description="session name; default: RECIPE-N")
+    name: str | None = Field(None, description="session name; default: RECIPE-N",
+                             json_schema_extra={"pattern": SESSION_NAME})
     overrides: dict[str, Any] = Field(default_factory=dict,
                                       description="per-launch changes, as `--set KEY=VALUE`: "
                                       "gpus, time, replicas, env.NAME, engine_args.FLAG...")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(SESSION_NAME[1:-1], v):
+            raise ValueError(f"invalid session name {v!r}: use letters, digits, '.', '_' and "
+                             "'-' (at most 63 characters, the first a letter or digit)")
+        return v
 
 
 # ---------------------------------------------------------------------- catalog
@@ -165,7 +195,7 @@ class LogsHandler(HpcserveHandler):
         mgr = await self.manager()
         tail = self.int_arg("tail", 100)
         follow = self.bool_arg("follow")
-        from_start = self.get_argument("from_start", "1") not in ("0", "false", "no")
+        from_start = self.bool_arg("from_start", default=True)
         session = mgr.get(id)
         text_plain = "text/plain; charset=utf-8"
         self.set_header("Content-Type", text_plain)

@@ -9,8 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from .handlers import NO_NUL
 
 JSON = "application/json"
+INT64_MAX = 2**63 - 1  # query integers reach SQLite (base.int_arg refuses larger ones)
+# The proxied path as one (percent-encoded) path parameter: what proxy.safe_path refuses with a
+# 400 is excluded: '/' (it arrives as %2F, an encoded slash), backslash, '@', ':' (a scheme),
+# NUL, and a `..` segment. No lookahead, so that schema-driven generators (hypothesis'
+# from_regex) handle it: "", one char, two chars but not "..", three or more.
+_PC = r"[^/\\@:\u0000]"
+_PD = r"[^/\\@:.\u0000]"
+PROXY_PATH = rf"^(?:{_PC}?|{_PD}{_PC}|\.{_PD}|{_PC}{{3,}})$"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -21,8 +30,13 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": schema}}}
 
 
-def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
+def _error(description: str, schema: str = "Error") -> dict[str, Any]:
+    return _json(_ref(schema), description)
+
+
+def _gw_error(description: str) -> dict[str, Any]:
+    """An error of the OpenAI-compatible gateway: OpenAI's shape, so SDKs show the message."""
+    return _error(description, "OpenAIError")
 
 
 def _param(name: str, where: str, description: str, schema: dict[str, Any] | None = None,
@@ -33,16 +47,27 @@ def _param(name: str, where: str, description: str, schema: dict[str, Any] | Non
 
 
 ID = _param("id", "path", "session id or name")
-DENIED = {"403": _error("not authenticated or not authorized (Jupyter's token, cookie or "
-                        "identity provider)")}
+# What a launch's answer leads to (OpenAPI links: clients and stateful testers follow them).
+LAUNCHED_LINKS = {
+    op: {"operationId": op, "parameters": {"id": "$response.body#/id"}}
+    for op in ("getSession", "stopSession", "keepaliveSession", "sessionLogs")}
+TARGET = _param("name", "path", "target name", {"type": "string", "example": "local"})
+_DENIED = ("not authenticated or not authorized (Jupyter's token, cookie or identity "
+           "provider)")
+DENIED = {"403": _error(_DENIED)}
+GW_DENIED = {"403": _gw_error(_DENIED)}
 NO_SESSION = {"404": _error("no such session")}
+BAD_QUERY = {"400": _error("bad query parameter")}
 
 
 def _op(summary: str, responses: dict[str, Any], *, params: list[dict[str, Any]] | None = None,
         body: dict[str, Any] | None = None, tags: tuple[str, ...] = ("sessions",),
-        description: str | None = None) -> dict[str, Any]:
+        description: str | None = None, operation_id: str | None = None,
+        denied: dict[str, Any] = DENIED) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "tags": list(tags),
-                          "responses": {**responses, **DENIED}}
+                          "responses": {**responses, **denied}}
+    if operation_id:
+        op["operationId"] = operation_id
     if description:
         op["description"] = description
     if params:
@@ -57,15 +82,27 @@ def _schemas() -> dict[str, Any]:
 
     launch = LaunchBody.model_json_schema(ref_template="#/components/schemas/{model}")
     launch.pop("title", None)
+    launch["example"] = {"recipe": "smollm2-135m", "target": "local"}
     obj = {"type": "object"}
+    error_fields = {
+        "type": {"type": "string"},
+        "reason": {"type": "string", "description": "proxy/gateway: starting | gone | "
+                   "unreachable | timeout | overloaded | bad-path"},
+        "session_id": {"type": "string"}, "session_state": {"type": "string"}}
+    detail = {"type": "string", "nullable": True, "description": "how to fix it"}
     return {
         "Error": {"type": "object", "required": ["error"], "properties": {
             "error": {"type": "string", "description": "what went wrong"},
-            "detail": {"type": "string", "nullable": True, "description": "how to fix it"},
-            "type": {"type": "string"},
-            "reason": {"type": "string", "description": "proxy/gateway: starting | gone | "
-                       "unreachable | timeout | overloaded | bad-path"},
-            "session_id": {"type": "string"}, "session_state": {"type": "string"}}},
+            "detail": detail, **error_fields}},
+        "OpenAIError": {
+            "type": "object", "required": ["error"],
+            "description": "an error of the OpenAI-compatible gateway, in OpenAI's shape",
+            "properties": {
+                "error": {"type": "object", "required": ["message"], "properties": {
+                    "message": {"type": "string", "description": "what went wrong"},
+                    "code": {"type": "integer", "description": "the HTTP status"},
+                    "detail": detail, **error_fields}},
+                "detail": detail}},
         "LaunchRequest": launch,
         "Session": {"type": "object", "properties": {
             "id": {"type": "string"}, "name": {"type": "string"}, "recipe": {"type": "string"},
@@ -108,8 +145,8 @@ def _schemas() -> dict[str, Any]:
             "session_id": {"type": "string"}, "recipe": {"type": "string"},
             "backend": {"type": "string"}, "target": {"type": "string"}}},
         "OpenAIRequest": {"type": "object", "required": ["model"], "properties": {
-            "model": {"type": "string", "description": "session name or id, or the served "
-                      "model name when one ready session serves it"},
+            "model": {"type": "string", "minLength": 1, "description": "session name or id, "
+                      "or the served model name when one ready session serves it"},
             "stream": {"type": "boolean"}}, "additionalProperties": True},
         "Probe": {"type": "object", "additionalProperties": True},
     }
@@ -119,11 +156,12 @@ def _paths() -> dict[str, Any]:
     api, gw = "/hpcserve/api", "/hpcserve/v1"
     session = _json(_ref("Session"), "the session")
     ready_errors = {
-        "400": _error("bad body or model field"), "404": _error("no session serves this model"),
-        "429": _error("the session's replicas are busy and its queue is full (Retry-After)"),
-        "502": _error("the session is gone or its engine unreachable"),
-        "503": _error("the session is still starting (Retry-After)"),
-        "504": _error("the engine did not answer in time")}
+        "400": _gw_error("bad body or model field"),
+        "404": _gw_error("no session serves this model"),
+        "429": _gw_error("the session's replicas are busy and its queue is full (Retry-After)"),
+        "502": _gw_error("the session is gone or its engine unreachable"),
+        "503": _gw_error("the session is still starting (Retry-After)"),
+        "504": _gw_error("the engine did not answer in time")}
 
     def inference(what: str) -> dict[str, Any]:
         return {"post": _op(
@@ -133,7 +171,7 @@ def _paths() -> dict[str, Any]:
                                     "text/event-stream": {"schema": {"type": "string"}}}},
                 **ready_errors},
             body={"required": True, "content": {JSON: {"schema": _ref("OpenAIRequest")}}},
-            tags=("gateway",))}
+            tags=("gateway",), denied=GW_DENIED)}
 
     proxy_op = {
         "200": {"description": "the session's answer, streamed (any status the engine gives)"},
@@ -144,8 +182,10 @@ def _paths() -> dict[str, Any]:
         "502": _error("the session is gone or unreachable"),
         "503": _error("the session is starting (Retry-After)"),
         "504": _error("the engine did not answer in time")}
-    proxy_params = [ID, _param("path", "path", "path on the session's endpoint (may be empty; "
-                               "slashes allowed)")]
+    proxy_params = [ID, _param(
+        "path", "path", "path on the session's endpoint (may be empty; slashes allowed when "
+        "sent as `/`; refused with 400: `..` segments, encoded slashes, backslashes, `@`, "
+        "a scheme, control characters)", {"type": "string", "pattern": PROXY_PATH})]
     proxy = {m: _op(f"{m.upper()} to the session's endpoint", proxy_op, params=proxy_params,
                     tags=("proxy",),
                     description="Request and response bodies stream both ways. Jupyter "
@@ -164,7 +204,9 @@ def _paths() -> dict[str, Any]:
         f"{api}/recipes/{{name}}": {"get": _op("One recipe in full", {
             "200": _json({"type": "object"}), "404": _error("unknown recipe"),
             "400": _error("the recipe file is broken (file:line: field: problem)")},
-            params=[_param("name", "path", "recipe name")], tags=("catalog",))},
+            params=[_param("name", "path", "recipe name", {"type": "string",
+                                                            "example": "smollm2-135m"})],
+            tags=("catalog",))},
         f"{api}/targets": {"get": _op("Targets (where sessions run)", {
             "200": _json({"type": "object", "properties": {
                 "targets": {"type": "array", "items": {"type": "object"}}}}),
@@ -176,45 +218,53 @@ def _paths() -> dict[str, Any]:
                         "label": {"type": "string"}, "env": {"type": "string"},
                         "is_set": {"type": "boolean"}}}}}}),
                 "404": _error("unknown target")},
-            params=[_param("name", "path", "target name")], tags=("catalog",)),
+            params=[TARGET], tags=("catalog",)),
             "put": _op("Set secrets in the server's environment (names from GET only)", {
                 "204": {"description": "set (values are never echoed)"},
                 "400": _error("a name the target does not read, or a bad body"),
                 "404": _error("unknown target")},
-                params=[_param("name", "path", "target name")], tags=("catalog",),
+                params=[TARGET], tags=("catalog",),
                 body={"required": True, "content": {JSON: {"schema": {
-                    "type": "object", "additionalProperties": {"type": "string"}}}}})},
+                    "type": "object", "description": "environment variable name -> value "
+                    "(only the names GET lists for this target)",
+                    "additionalProperties": {"type": "string", "pattern": NO_NUL}}}}})},
         f"{api}/sessions": {
-            "get": _op("Sessions (all, or live only)", {"200": _json(_ref("SessionList"))},
+            "get": _op("Sessions (all, or live only)", {"200": _json(_ref("SessionList")),
+                                                         **BAD_QUERY},
                        params=[_param("live", "query", "1: live sessions only",
                                       {"type": "boolean"}, False)]),
             "post": _op("Launch a session", {
-                "201": _json(_ref("Session"), "launched (pending); follow it on /events"),
+                "201": {**_json(_ref("Session"), "launched (pending); follow it on /events"),
+                        "links": LAUNCHED_LINKS},
                 "400": _error("bad body, unknown field, invalid override or name"),
                 "404": _error("unknown recipe, backend or target"),
                 "409": _error("the target could not start it: port in use, no free GPU... "
                               "(the session is `failed`)"),
                 "503": _error("the target does not answer (SSH, scheduler, Pods API)")},
                 body={"required": True,
-                      "content": {JSON: {"schema": _ref("LaunchRequest")}}})},
+                      "content": {JSON: {"schema": _ref("LaunchRequest")}}},
+                operation_id="launchSession")},
         f"{api}/sessions/{{id}}": {
-            "get": _op("One session", {"200": session, **NO_SESSION}, params=[ID]),
+            "get": _op("One session", {"200": session, **NO_SESSION}, params=[ID],
+                       operation_id="getSession"),
             "delete": _op("Stop a session (a stopped session: no-op)", {
                 "200": session, **NO_SESSION,
-                "503": _error("the target is unreachable; state unknown")}, params=[ID])},
+                "503": _error("the target is unreachable; state unknown")}, params=[ID],
+                operation_id="stopSession")},
         f"{api}/sessions/{{id}}/keepalive": {"post": _op("Reset the idle timer", {
             "200": session, **NO_SESSION, "409": _error("the session has ended")},
-            params=[ID])},
+            params=[ID], operation_id="keepaliveSession")},
         f"{api}/sessions/{{id}}/logs": {"get": _op("The engine's log", {
             "200": {"description": "log text (streamed with follow=1, until the session ends)",
                     "content": {"text/plain": {"schema": {"type": "string"}}}},
             "400": _error("bad query parameter"), **NO_SESSION},
             params=[ID, _param("tail", "query", "last N lines (0: all); default 100",
-                               {"type": "integer", "minimum": 0}, False),
+                               {"type": "integer", "minimum": 0, "maximum": INT64_MAX},
+                               False),
                     _param("follow", "query", "1: stream new text until the session ends",
                            {"type": "boolean"}, False),
                     _param("from_start", "query", "with follow: 0 starts at the end",
-                           {"type": "boolean"}, False)])},
+                           {"type": "boolean"}, False)], operation_id="sessionLogs")},
         f"{api}/sessions/{{id}}/v1/live": {"get": _op("Liveness: the engine runs", {
             "200": _json(_ref("Probe"), "live"), "503": _json(_ref("Probe"), "not live"),
             **NO_SESSION}, params=[ID], tags=("gateway",))},
@@ -238,16 +288,16 @@ def _paths() -> dict[str, Any]:
             "400": _error("bad query parameter"), **NO_SESSION},
             params=[_param("session", "query", "only this session", required=False),
                     _param("after", "query", "events after this sequence number",
-                           {"type": "integer"}, False)],
+                           {"type": "integer", "minimum": 0, "maximum": INT64_MAX}, False)],
             tags=("events",))},
         "/hpcserve/proxy/{id}/{path}": proxy,
         f"{gw}/models": {"get": _op("Ready sessions, as OpenAI models (id = session name)", {
-            "200": _json(_ref("ModelList"))}, tags=("gateway",))},
+            "200": _json(_ref("ModelList"))}, tags=("gateway",), denied=GW_DENIED)},
         f"{gw}/models/{{model}}": {"get": _op("One session as an OpenAI model", {
-            "200": _json(_ref("Model")), "404": _error("no session serves this model"),
-            "400": _error("several sessions serve this model")},
+            "200": _json(_ref("Model")), "404": _gw_error("no session serves this model"),
+            "400": _gw_error("several sessions serve this model")},
             params=[_param("model", "path", "session name or id, or a served model name")],
-            tags=("gateway",))},
+            tags=("gateway",), denied=GW_DENIED)},
         f"{gw}/chat/completions": inference("chat completion"),
         f"{gw}/completions": inference("completion"),
         f"{gw}/embeddings": inference("embeddings"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import keyword
 import queue
 import shlex
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
+from ..cli import count_arg, seconds_arg
 from . import views
 
 PROMPT_UPDATE_S = 0.1  # at most this often a streamed answer's display is redrawn
@@ -47,6 +49,8 @@ class UsageParser(argparse.ArgumentParser):
         raise _Exit()
 
     def parse(self, line: str) -> argparse.Namespace:
+        if "\0" in line:  # no file name, session or value can hold one (os calls would raise)
+            raise UsageError("the command contains a NUL character")
         try:
             words = shlex.split(line)
         except ValueError as exc:
@@ -78,11 +82,11 @@ def build_line_parser() -> UsageParser:
     la.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a recipe field (repeatable)")
     la.add_argument("--no-wait", action="store_true", help="return at once (then %%serve wait)")
-    la.add_argument("--timeout", type=float, help="stop waiting after SECONDS")
+    la.add_argument("--timeout", type=seconds_arg, help="stop waiting after SECONDS")
 
     w = sub.add_parser("wait", help="wait until a session is ready, with progress")
     w.add_argument("id", nargs="?")
-    w.add_argument("--timeout", type=float, help="give up after SECONDS")
+    w.add_argument("--timeout", type=seconds_arg, help="give up after SECONDS")
 
     st = sub.add_parser("status", help="live sessions, or one session in detail")
     st.add_argument("id", nargs="?")
@@ -90,7 +94,7 @@ def build_line_parser() -> UsageParser:
 
     lg = sub.add_parser("logs", help="a session's engine log")
     lg.add_argument("id", nargs="?")
-    lg.add_argument("--tail", type=int, default=100, help="last N lines (0: all)")
+    lg.add_argument("--tail", type=count_arg, default=100, help="last N lines (0: all)")
 
     sub.add_parser("stop", help="stop a session").add_argument("id", nargs="?")
     sub.add_parser("keepalive", help="reset a session's idle timer").add_argument("id", nargs="?")
@@ -128,7 +132,7 @@ def build_cell_parser() -> UsageParser:
                    help="ask for a JSON object and return it parsed")
     p.add_argument("--wait", action="store_true",
                    help="if the session is still starting, wait for it first")
-    p.add_argument("--timeout", type=float, help="with --wait: give up after SECONDS")
+    p.add_argument("--timeout", type=seconds_arg, help="with --wait: give up after SECONDS")
     return p
 
 
@@ -259,6 +263,10 @@ class HpcserveMagics(Magics):
             if exc.hint:
                 print(f"  hint: {exc.hint}", file=sys.stderr)
             return None
+        except OSError as exc:  # a file the user named (bench --out, --criteria): their fix
+            where = f": {exc.filename}" if exc.filename else ""
+            print(f"hpcserve: {exc.strerror or exc}{where}", file=sys.stderr)
+            return None
         except KeyboardInterrupt:
             print("hpcserve: interrupted", file=sys.stderr)
             return None
@@ -297,15 +305,11 @@ class HpcserveMagics(Magics):
         return views.targets_table(self.facade.targets())
 
     def cmd_launch(self, args: argparse.Namespace) -> Any:
-        from ..cli import parse_sets
+        from ..cli import launch_overrides
 
-        overrides: dict[str, Any] = parse_sets(args.set)
-        if args.gpus is not None:
-            overrides["gpus"] = args.gpus
-        if args.time is not None:
-            overrides["time"] = args.time
+        backend, overrides = launch_overrides(args)
         hp = self.facade
-        session = hp.launch(args.recipe, backend=args.backend, on=args.on, name=args.name,
+        session = hp.launch(args.recipe, backend=backend, on=args.on, name=args.name,
                             wait=False, **overrides)
         self.current = session.id
         header = f"launched {session.name} (id {session.id}) on {session.target}"
@@ -421,7 +425,8 @@ class HpcserveMagics(Magics):
 
     def prompt_cell(self, line: str, cell: str) -> Any:
         args = self.cell_parser.parse(line)
-        if args.output is not None and not args.output.isidentifier():
+        if args.output is not None and (not args.output.isidentifier()
+                                        or keyword.iskeyword(args.output)):
             raise UsageError(f"-o {args.output!r}: not a Python variable name")
         text = self.fill_in(cell)
         hp = self.facade
@@ -458,8 +463,9 @@ class HpcserveMagics(Magics):
         except KeyError as exc:
             raise UsageError(f"{{{exc.args[0]}}} in the prompt: no such variable in the notebook "
                              "(write {{ and }} for literal braces)") from None
-        except (IndexError, ValueError, AttributeError) as exc:
-            raise UsageError(f"cannot fill in the prompt: {exc} "
+        except Exception as exc:  # IndexError, ValueError, TypeError ('{n[0]}' on an int)
+            # or whatever a notebook object's own __format__/__getitem__ raises
+            raise UsageError(f"cannot fill in the prompt: {type(exc).__name__}: {exc} "
                              "(write {{ and }} for literal braces)") from None
 
     def _not_ready(self, session: Any) -> None:

@@ -26,13 +26,12 @@ import psutil
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import BadInput, LaunchError, RecipeError
-from ..spec import HOST, PORT, PYTHON, nul_problem, render_argv, render_env
+from ..spec import HOST, PORT, PYTHON, env_problem, nul_problem, render_argv, render_env
 from . import gpus as gpu_inventory
 from .base import LaunchRequest, Phase, Target, TargetStatus
 
 SESSION_MARK = "HPCSERVE_SESSION_ID"
 LOG_TAIL_LINES = 40
-ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 HOST_RE = re.compile(r"[A-Za-z0-9.:_][A-Za-z0-9.:_-]*")
 
 
@@ -64,11 +63,8 @@ class LocalConfig(BaseModel):
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         for name, value in v.items():
-            if not ENV_NAME_RE.fullmatch(name):
-                raise ValueError(f"{name[:80]!r} is not an environment variable name (letters, "
-                                 "digits and _, not starting with a digit)")
-            if "\0" in value:
-                raise ValueError(f"the value of {name} contains a NUL byte")
+            if problem := env_problem(name, value):
+                raise ValueError(problem)
         return v
 
 

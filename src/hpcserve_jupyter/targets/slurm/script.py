@@ -16,13 +16,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ...durations import format_duration
-from ...spec import API_KEY, HOST, PORT, PYTHON, ServeSpec, has_placeholder, nul_problem
+from ...spec import (
+    API_KEY,
+    HOST,
+    PORT,
+    PYTHON,
+    ServeSpec,
+    env_problem,
+    has_placeholder,
+    nul_problem,
+)
 
 # How each placeholder is written inside the job script.
 SHELL_VALUES = {PORT: "${PORT}", HOST: "${BIND_HOST}", PYTHON: "${HPCSERVE_PYTHON}",
                 API_KEY: "${HPCSERVE_API_KEY}"}
 JOB_NAME_RE = re.compile(r"[^A-Za-z0-9._-]")
-ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SBATCH_CHARS = r"A-Za-z0-9_.,:@%+=/&|()\[\]*!-"
 
 
@@ -87,9 +95,8 @@ def quoted(value: str, what: str) -> str:
 
 def env_name(name: str) -> str:
     """An exported name is written unquoted, so it must be a plain variable name."""
-    if not ENV_NAME_RE.fullmatch(name):
-        raise ValueError(f"env: {_short(name)} is not an environment variable name "
-                         "(letters, digits and _, not starting with a digit)")
+    if problem := env_problem(name):
+        raise ValueError(f"env: {problem}")
     return name
 
 
