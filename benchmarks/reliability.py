@@ -24,7 +24,7 @@ TITLES = {
           "Tapis), restart",
     "R2": "SSH connection cut mid-stream",
     "R3": "slurmctld stopped for 60 s",
-    "R4": "engine process killed (local target)",
+    "R4": "engine process killed (local, SLURM, Tapis)",
     "R5": "property-based fuzzing of inputs",
     "R6": "shell metacharacters in every field reaching a shell",
     "R7": "secrets in logs, state and errors; file modes",
