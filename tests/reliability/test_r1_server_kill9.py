@@ -214,10 +214,7 @@ def test_kill9_of_jupyter_server_loses_nothing(tmp_path, isolated_home, monkeypa
     assert hits == []
     loose = [str(p) for p in [isolated_home, *isolated_home.rglob("*")]
              if stat.S_IMODE(p.stat().st_mode) & 0o077]
-    # The local runner writes the engine's exit code (not a secret) with the default umask;
-    # the 0700 state directory keeps it private anyway.
-    exit_files = [p for p in loose if Path(p).name.startswith("exit")]
-    assert sorted(set(loose) - set(exit_files)) == [], loose
+    assert loose == []
     assert stat.S_IMODE(isolated_home.stat().st_mode) == 0o700
     for private in (isolated_home / MASTER_FILE, isolated_home / "sessions.db"):
         assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
@@ -228,5 +225,4 @@ def test_kill9_of_jupyter_server_loses_nothing(tmp_path, isolated_home, monkeypa
            secrets_checked=sorted({k.rsplit(" ", 1)[0] if k.startswith(("api key ",
                                    "tapis token ")) else k for k in secrets}),
            api_keys_checked=len(keys), tapis_tokens_checked=len(tapis_tokens),
-           occurrences=len(hits), loose_modes=len(loose) - len(exit_files),
-           world_readable_exit_code_files=len(exit_files))
+           occurrences=len(hits), loose_modes=len(loose))

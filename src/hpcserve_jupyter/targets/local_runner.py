@@ -40,7 +40,8 @@ def main(argv: list[str]) -> int:
 
 def _record(path: str, code: int) -> None:
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
+    # 0600 like everything else in the state directory, whatever the engine's umask
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
         fh.write(str(code))
     os.replace(tmp, path)
 
