@@ -26,14 +26,13 @@ from .errors import BadInput, HpcserveError, LaunchError, NotFound, NotReady, Ta
 from .monitorlock import MonitorLock
 from .recipes import Catalog
 from .secrets import master_key, redact, session_api_key
-from .sessions import Session, State
+from .sessions import NAME_PATTERN, Session, State
 from .spec import ServeSpec, resolve
 from .store import StaleSession, Store
 from .targets import load_target_configs, make_target
 from .targets.base import LaunchRequest, Phase, Target, TargetStatus
 
 log = logging.getLogger(__name__)
-NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
 
 class SessionManager:
@@ -164,7 +163,7 @@ class SessionManager:
         overrides = dict(overrides or {})
         spec = self.resolve(recipe, backend, overrides)
         tgt = self.target(target)
-        if name is not None and not re.fullmatch(NAME_RE, name):
+        if name is not None and not re.fullmatch(NAME_PATTERN, name):
             raise BadInput(f"invalid session name {name!r}",
                            hint="use letters, digits, '.', '_' and '-' (at most 63 characters)")
         if name and self.store.name_in_use(name):

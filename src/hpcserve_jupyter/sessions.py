@@ -13,6 +13,10 @@ from typing import Any
 
 from .errors import HpcserveError
 
+# What a session may be called (JSON Schema style for the OpenAPI document; checked with
+# re.fullmatch, since Python's `$` also matches before a final newline).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
 
 class State(StrEnum):
     PENDING = "pending"

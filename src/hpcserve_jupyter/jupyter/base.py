@@ -197,9 +197,10 @@ class HpcserveHandler(ExtensionHandlerMixin, APIHandler):
         value = self.get_argument(name, None)
         if value is None:
             return default
-        if value.lower() in ("0", "false", "no", "off"):
+        word = value.lower()
+        if word in ("0", "false", "no", "off"):
             return False
-        if value.lower() in ("1", "true", "yes", "on"):
+        if word in ("1", "true", "yes", "on"):
             return True
         raise ApiError(400, f"query parameter {name!r} must be 1/true or 0/false, not {value!r}")
 

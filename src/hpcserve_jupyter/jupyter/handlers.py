@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import time
 from typing import Any
 
@@ -17,12 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from ..sessions import NAME_PATTERN
 from .base import ClientGone, HpcserveHandler
-
-# What the manager accepts as a session name (written for the OpenAPI document too, where `$`
-# would also match before a final newline in Python; checked with fullmatch here).
-SESSION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
-NO_NUL = "^[^\\u0000]*$"  # JSON Schema pattern: no NUL character
 
 
 class SecretsBody(RootModel[dict[str, str]]):
@@ -50,19 +45,12 @@ class LaunchBody(BaseModel):
     recipe: str = Field(min_length=1, description="recipe name (GET /hpcserve/api/recipes)")
     backend: str | None = Field(None, description="serving engine; default: the recipe's first")
     target: str = Field("local", min_length=1, description="where it runs (GET targets)")
+    # The name is checked by the manager's launch, as for every front end.
     name: str | None = Field(None, description="session name; default: RECIPE-N",
-                             json_schema_extra={"pattern": SESSION_NAME})
+                             json_schema_extra={"pattern": NAME_PATTERN})
     overrides: dict[str, Any] = Field(default_factory=dict,
                                       description="per-launch changes, as `--set KEY=VALUE`: "
                                       "gpus, time, replicas, env.NAME, engine_args.FLAG...")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(SESSION_NAME[1:-1], v):
-            raise ValueError(f"invalid session name {v!r}: use letters, digits, '.', '_' and "
-                             "'-' (at most 63 characters, the first a letter or digit)")
-        return v
 
 
 # ---------------------------------------------------------------------- catalog

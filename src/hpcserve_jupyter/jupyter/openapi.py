@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from .handlers import NO_NUL
+from .base import INT64_MAX
 
 JSON = "application/json"
-INT64_MAX = 2**63 - 1  # query integers reach SQLite (base.int_arg refuses larger ones)
+NO_NUL = "^[^\\u0000]*$"  # JSON Schema pattern: no NUL character
 # The proxied path as one (percent-encoded) path parameter: what proxy.safe_path refuses with a
 # 400 is excluded: '/' (it arrives as %2F, an encoded slash), backslash, '@', ':' (a scheme),
 # NUL, and a `..` segment. No lookahead, so that schema-driven generators (hypothesis'
