@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from .cmdargs import count_arg, launch_overrides, seconds_arg
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -20,64 +21,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # usage errors exit 2 with a short message
         self.print_usage(sys.stderr)
         self.exit(EXIT_BAD_INPUT, f"hpcserve: error: {message}\n")
-
-
-def parse_sets(pairs: Sequence[str]) -> dict[str, str]:
-    from .errors import BadInput
-
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise BadInput(f"--set expects KEY=VALUE, got {pair!r}",
-                           hint="for example --set engine_args.n_ctx=4096 or --set env.HF_HOME=/x")
-        out[key.strip()] = value
-    return out
-
-
-# Options of a launch that are no recipe override: `--set` must not reach the facade's launch()
-# under these names, where they would clash with (or silently become) its own arguments.
-_LAUNCH_OPTIONS = {"recipe": "RECIPE", "on": "--on", "name": "--name", "wait": "--wait",
-                   "timeout": "--timeout", "progress": None}
-
-
-def launch_overrides(args: argparse.Namespace) -> tuple[str | None, dict[str, str]]:
-    """(backend, overrides) of a launch command (CLI and %serve launch): --set pairs plus the
-    --gpus/--time shortcuts; `--set backend=B` is accepted as the REST API accepts it."""
-    from .errors import BadInput
-
-    overrides = parse_sets(args.set)
-    for key, option in _LAUNCH_OPTIONS.items():
-        if key in overrides:
-            raise BadInput(f"unknown override {key!r}: it is not a recipe field",
-                           hint=f"use {option}" if option else None)
-    backend = args.backend
-    if "backend" in overrides:
-        chosen = overrides.pop("backend")
-        if backend is not None and chosen != backend:
-            raise BadInput(f"--backend {backend} and --set backend={chosen} disagree")
-        backend = chosen or backend
-    if args.gpus is not None:
-        overrides["gpus"] = args.gpus
-    if args.time is not None:
-        overrides["time"] = args.time
-    return backend, overrides
-
-
-def seconds_arg(text: str) -> float:
-    """An argparse type: a finite number of seconds > 0 (nan, inf and negatives are typos)."""
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
-
-
-def count_arg(text: str) -> int:
-    """An argparse type: an integer >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,7 +59,7 @@ from r5_strategies import (
 from r5_strategies import backend as backend_name
 
 from conftest import TOKEN, KillableServer, free_port, marked_processes, record, until
-from hpcserve_jupyter import api, cli
+from hpcserve_jupyter import api, cli, cmdargs
 from hpcserve_jupyter.errors import BadInput, HpcserveError, RecipeError
 from hpcserve_jupyter.recipes import Catalog, apply_overrides
 from hpcserve_jupyter.sessions import TERMINAL, State
@@ -257,7 +257,7 @@ def test_recipe_files_load_or_fail_with_a_recipe_error(tmp_path: Path) -> None:
 
 def test_overrides_apply_or_fail_with_bad_input(tmp_path: Path) -> None:
     """Overrides as the REST API takes them (a JSON object) and as the CLI and magics take them
-    (`--set K=V` words, --gpus, --time, --backend through cli.launch_overrides) go through
+    (`--set K=V` words, --gpus, --time, --backend through cmdargs.launch_overrides) go through
     apply_overrides / resolve: a valid recipe and spec, or a BadInput (exit code 2); a spec
     that comes out is JSON-safe for the store."""
     from hpcserve_jupyter.recipes import builtin_recipe_dir
@@ -289,7 +289,7 @@ def test_overrides_apply_or_fail_with_bad_input(tmp_path: Path) -> None:
                 if isinstance(given_, dict):
                     chosen, ovr = backend, given_
                 else:
-                    chosen, ovr = cli.launch_overrides(given_)  # type: ignore[arg-type]
+                    chosen, ovr = cmdargs.launch_overrides(given_)  # type: ignore[arg-type]
                 spec = resolve(name, chosen, ovr, catalog=catalog)
             except HpcserveError as exc:
                 assert exc.exit_code == 2, exc  # bad input, never "a failure"

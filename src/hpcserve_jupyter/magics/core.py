@@ -20,7 +20,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
-from ..cli import count_arg, seconds_arg
+from ..cmdargs import count_arg, launch_overrides, seconds_arg
 from . import views
 
 PROMPT_UPDATE_S = 0.1  # at most this often a streamed answer's display is redrawn
@@ -305,8 +305,6 @@ class HpcserveMagics(Magics):
         return views.targets_table(self.facade.targets())
 
     def cmd_launch(self, args: argparse.Namespace) -> Any:
-        from ..cli import launch_overrides
-
         backend, overrides = launch_overrides(args)
         hp = self.facade
         session = hp.launch(args.recipe, backend=backend, on=args.on, name=args.name,
