@@ -5,15 +5,11 @@ from __future__ import annotations
 import math
 import re
 
+from .errors import shown
+
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*$", re.I)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.I)
-
-
-def _short(value: object) -> str:
-    """A value for an error message, cut to a readable length."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_duration(value: str | int | float) -> int:
@@ -47,7 +43,7 @@ def parse_duration(value: str | int | float) -> int:
     if seconds <= 0:
         raise ValueError("a duration must be positive")
     if not math.isfinite(seconds):  # '1e400'-sized digit strings become float('inf')
-        raise ValueError(f"{_short(value)} is too long a duration")
+        raise ValueError(f"{shown(value, 40)} is too long a duration")
     return int(seconds)
 
 
@@ -74,7 +70,7 @@ def parse_size_mb(value: str | int) -> int:
     factor = {"b": 1 / 2**20, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024**2}[unit]
     mb_float = float(m.group(1)) * factor
     if not math.isfinite(mb_float):  # '1e400'-sized digit strings become float('inf')
-        raise ValueError(f"{_short(value)} is too large a size")
+        raise ValueError(f"{shown(value, 40)} is too large a size")
     mb = int(mb_float)
     if mb <= 0:
         raise ValueError("a size must be positive")

@@ -6,6 +6,18 @@ a bug and may surface as a traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A value as an error message shows it: repr'd, cut to `limit` characters (a pasted blob
+    stays readable), and safe for values nested too deeply to repr."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deeply>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
 
 class HpcserveError(Exception):
     """Base of every error meant for the user. `exit_code` is what the CLI exits with."""

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from .durations import parse_duration, parse_size_mb
-from .errors import BadInput, NotFound, RecipeError, close_matches
+from .errors import BadInput, NotFound, RecipeError, close_matches, shown
 from .spec import env_problem
 from .yamlfile import explain, line_of, load_with_lines
 
@@ -337,7 +337,7 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any], backend: str) 
     paths: dict[str, list[str]] = {}
     for raw_key, value in overrides.items():
         if untextual([raw_key, value]) is not None:
-            raise BadInput(f"invalid override {_cut(raw_key)}: not valid text (a lone "
+            raise BadInput(f"invalid override {shown(raw_key)}: not valid text (a lone "
                            "surrogate escape)")
         key = SHORTCUTS.get(raw_key, raw_key)
         parts = key.split(".")
@@ -374,22 +374,14 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any], backend: str) 
         raw, common = max(((k, _common(p, loc)) for k, p in paths.items()),
                           key=lambda kc: kc[1], default=(None, 0))
         if raw is None or not common:
-            raise BadInput(f"invalid override {'.'.join(loc)}={_cut(err.get('input'))}: "
+            raise BadInput(f"invalid override {'.'.join(loc)}={shown(err.get('input'))}: "
                            f"{msg}") from None
-        raise BadInput(f"invalid override {raw}={_cut(overrides[raw])}: {msg}") from None
+        raise BadInput(f"invalid override {raw}={shown(overrides[raw])}: {msg}") from None
 
 
 def _common(a: list[str], b: list[str]) -> int:
+    """How many leading parts two dotted paths share."""
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return n
-
-
-def _cut(value: Any) -> str:
-    """repr of a value for a message, at most 60 characters (a pasted blob stays readable)."""
-    try:
-        text = repr(value)
-    except RecursionError:
-        return f"<a {type(value).__name__} nested too deeply>"
-    return text if len(text) <= 60 else text[:57] + "..."

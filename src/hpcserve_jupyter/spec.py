@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInput, NotFound, close_matches
+from .errors import BadInput, NotFound, close_matches, shown
 
 # Placeholders a target substitutes in argv and env values.
 PORT = "{HPCSERVE_PORT}"
@@ -97,9 +97,8 @@ def env_problem(name: str, value: object = "") -> str | None:
     script's export), or None: a name a shell reads as a plain variable (fullmatch: a trailing
     newline is no part of a name) and a value without NUL byte."""
     if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
-        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
-        return (f"{shown} is not an environment variable name (letters, digits and _, not "
-                "starting with a digit)")
+        return (f"{shown(name, 80)} is not an environment variable name (letters, digits "
+                "and _, not starting with a digit)")
     if "\0" in str(value):
         return f"the value of {name} contains a NUL byte"
     return None
