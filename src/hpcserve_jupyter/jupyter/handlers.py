@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
 from typing import Any
 
@@ -16,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from ..recipes import untextual
 from ..sessions import NAME_PATTERN
 from .base import ClientGone, HpcserveHandler
 
@@ -30,11 +30,9 @@ class SecretsBody(RootModel[dict[str, str]]):
         for key, value in v.items():
             if "\0" in key or "\0" in value:
                 raise ValueError(f"the value of {key!r} contains a NUL character")
-            try:
-                os.fsencode(key), os.fsencode(value)
-            except UnicodeEncodeError:
-                raise ValueError(f"the value of {key!r} is not valid text "
-                                 "(a lone surrogate)") from None
+        bad = untextual(v)
+        if bad is not None:
+            raise ValueError(f"the value of {bad[0]!r} is not valid text (a lone surrogate)")
         return v
 
 
