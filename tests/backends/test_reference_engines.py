@@ -39,7 +39,7 @@ def test_vllm_command_line():
         PYTHON, "-m", "vllm.entrypoints.openai.api_server",
         "--model", "HuggingFaceTB/SmolLM2-135M-Instruct",
         "--served-model-name", "smollm2-135m-hf", "--host", HOST, "--port", PORT,
-        "--max-model-len", "2048", "--enforce-eager")
+        "--max-model-len", "2048", "--enforce-eager", "--dtype", "float32")
     assert spec.secret_env == (("VLLM_API_KEY", "api_key"),)
     assert spec.health_path == "/health"
 
