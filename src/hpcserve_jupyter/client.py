@@ -1,7 +1,9 @@
 """OpenAI-compatible client on httpx, sync and async, with streaming through httpx-sse.
 
 Errors from the engine surface with the engine's own message (EngineError); a connection
-failure says which endpoint could not be reached.
+failure says which endpoint could not be reached. A stream is complete at `data: [DONE]` or, for
+engines that never send it (transformers serve), when it closes after a choice's finish_reason;
+one that closes before either was cut short, which is an error rather than a shorter answer.
 """
 
 from __future__ import annotations
@@ -47,17 +49,24 @@ def _raise_for(response: httpx.Response) -> None:
                           f"{_error_message(response)}", status_code=response.status_code)
 
 
-def _delta(event_data: str, chat: bool) -> str:
+def _delta(event_data: str, chat: bool) -> tuple[str, bool]:
+    """The text of one stream event, and whether it finishes the answer (finish_reason)."""
     payload = json.loads(event_data)
     if "error" in payload:
         raise EngineError(f"the engine reported: {_error_message_from(payload)}")
     choices = payload.get("choices") or []
     if not choices:
-        return ""
+        return "", False
     choice = choices[0]
+    done = bool(choice.get("finish_reason"))
     if chat:
-        return (choice.get("delta") or {}).get("content") or ""
-    return choice.get("text") or ""
+        return (choice.get("delta") or {}).get("content") or "", done
+    return choice.get("text") or "", done
+
+
+def _cut_short() -> EngineError:
+    return EngineError("the engine closed the stream before the answer was finished "
+                       "(no finish_reason and no [DONE])")
 
 
 def _error_message_from(payload: dict[str, Any]) -> str:
@@ -148,14 +157,18 @@ class Client(_Base):
         try:
             with connect_sse(self._http, "POST", self._url(path), json=body) as source:
                 _raise_for(source.response)
+                finished = False
                 for event in source.iter_sse():
                     if event.data.strip() == "[DONE]":
-                        break
-                    text = _delta(event.data, chat)
+                        return
+                    text, done = _delta(event.data, chat)
+                    finished = finished or done
                     if text:
                         yield text
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
+        if not finished:
+            raise _cut_short()
 
 
 class AsyncClient(_Base):
@@ -215,11 +228,15 @@ class AsyncClient(_Base):
                 if source.response.status_code >= 400:
                     await source.response.aread()
                     _raise_for(source.response)
+                finished = False
                 async for event in source.aiter_sse():
                     if event.data.strip() == "[DONE]":
-                        break
-                    text = _delta(event.data, chat)
+                        return
+                    text, done = _delta(event.data, chat)
+                    finished = finished or done
                     if text:
                         yield text
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
+        if not finished:
+            raise _cut_short()

@@ -185,6 +185,7 @@ def resolve(recipe_name: str, backend: str | None = None,
                   tensor_parallel=tp, pipeline_parallel=pp)
     argv = tuple(engine.argv(ctx))
     env = {**engine.env(ctx), **recipe.env}
+    served = engine.served_name(ctx)  # engines that cannot rename their model serve their own
 
     def seconds(v: Any, default: int) -> int | None:
         if v in (0, "0", "off", "none"):

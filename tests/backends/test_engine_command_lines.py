@@ -57,7 +57,9 @@ def resolved(tmp_path: Path, backend: str, engine_args: dict[str, Any] | None = 
 BASE_ARGV = {
     "sglang": [PY, "-m", "sglang.launch_server", "--model-path", MODEL,
                "--served-model-name", "qwen", "--host", HOST, "--port", PORT, "--api-key", KEY],
-    "transformers": ["transformers", "serve", MODEL, "--host", HOST, "--port", PORT],
+    # A recipe without GPUs keeps transformers on the CPU (its --device auto takes a GPU).
+    "transformers": ["transformers", "serve", MODEL, "--host", HOST, "--port", PORT,
+                     "--device", "cpu"],
     "trtllm": ["trtllm-serve", MODEL, "--served_model_name", "qwen",
                "--host", HOST, "--port", PORT],
     "tgi": ["text-generation-launcher", "--model-id", MODEL, "--hostname", HOST, "--port", PORT],
@@ -73,9 +75,10 @@ def test_argv_with_one_gpu_and_no_engine_args(backend: str) -> None:
 
 # ------------------------------------------- argv, tensor parallel 4, user engine_args of each kind
 
-# engine_args chosen from each engine's real flags: a number, a float, bool true (bare flag),
-# bool false (left out), and a list (one flag then values for argparse, the flag repeated for
-# clap/click).
+# engine_args chosen from each engine's real flags (trtllm's from tensorrt_llm/commands/serve.py:
+# --kv_cache_free_gpu_memory_fraction, as trtllm-serve has no --free_gpu_memory_fraction): a
+# number, a float, bool true (bare flag), bool false (left out), and a list (one flag then values
+# for argparse, the flag repeated for clap/click).
 TP4_CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
     "sglang": (
         {"mem-fraction-static": 0.8, "trust-remote-code": True, "enable-metrics": False,
@@ -91,10 +94,12 @@ TP4_CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
          "--cors-allow-origin", "http://b.test"],
     ),
     "trtllm": (
-        {"max_batch_size": 64, "free_gpu_memory_fraction": 0.85, "trust_remote_code": True,
-         "enable_chunked_prefill": False, "custom_module_dirs": ["/opt/a", "/opt/b"]},
-        ["--tp_size", "4", "--max_batch_size", "64", "--free_gpu_memory_fraction", "0.85",
-         "--trust_remote_code", "--custom_module_dirs", "/opt/a", "--custom_module_dirs", "/opt/b"],
+        {"max_batch_size": 64, "kv_cache_free_gpu_memory_fraction": 0.85,
+         "trust_remote_code": True, "enable_chunked_prefill": False,
+         "custom_module_dirs": ["/opt/a", "/opt/b"]},
+        ["--tp_size", "4", "--max_batch_size", "64", "--kv_cache_free_gpu_memory_fraction",
+         "0.85", "--trust_remote_code", "--custom_module_dirs", "/opt/a",
+         "--custom_module_dirs", "/opt/b"],
     ),
     # transformers serve has no tensor-parallel flag: nothing is added for tp=4.
     "transformers": (
@@ -125,6 +130,24 @@ def test_sglang_serves_embedding_recipes_as_embedding_models() -> None:
     assert command("sglang", category="embedding") == BASE_ARGV["sglang"] + ["--is-embedding"]
     # The recipe can still switch it off.
     assert command("sglang", {"is-embedding": False}, category="embedding") == BASE_ARGV["sglang"]
+
+
+def test_transformers_device_follows_the_recipes_gpus_unless_engine_args_say() -> None:
+    assert command("transformers", {"device": "cuda:1"})[-2:] == ["--device", "cuda:1"]
+    assert command("transformers", {"device": "cuda:1"}).count("--device") == 1
+    assert "--device" not in command("transformers", resources={"gpus": 1})
+
+
+def test_the_sessions_model_is_the_name_each_engine_answers_to(tmp_path: Path) -> None:
+    # transformers serve cannot rename its model: it answers only to the model as given to it.
+    assert resolved(tmp_path, "transformers").served_model_name == MODEL
+    assert resolved(tmp_path, "transformers",
+                    served_model_name="mine").served_model_name == MODEL
+    # Engines that take a served name on their command line answer to the recipe's.
+    assert resolved(tmp_path, "sglang").served_model_name == "qwen"
+    spec = resolved(tmp_path, "trtllm", served_model_name="mine")
+    assert spec.served_model_name == "mine"
+    assert spec.argv[spec.argv.index("--served_model_name") + 1] == "mine"
 
 
 def test_vector_db_argv_with_engine_args() -> None:
@@ -190,7 +213,9 @@ def test_gpus_in_the_recipe_become_each_engines_tensor_parallel_flag(tmp_path: P
     assert resolved(tmp_path, "sglang", **four_gpus).argv[-2:] == ("--tp-size", "4")
     assert resolved(tmp_path, "tgi", **four_gpus).argv[-2:] == ("--num-shard", "4")
     assert resolved(tmp_path, "trtllm", **four_gpus).argv[-2:] == ("--tp_size", "4")
-    assert resolved(tmp_path, "transformers", **four_gpus).argv == tuple(BASE_ARGV["transformers"])
+    # transformers has no such flag; with GPUs it picks its device itself (--device auto).
+    assert resolved(tmp_path, "transformers", **four_gpus).argv == (
+        "transformers", "serve", MODEL, "--host", HOST, "--port", PORT)
     # One replica over two nodes of four GPUs: tensor parallel inside a node, pipeline across.
     two_nodes = {"resources": {"gpus": 4, "nodes": 2}}
     spec = resolved(tmp_path, "sglang", **two_nodes)

@@ -259,3 +259,29 @@ def test_a_huge_missing_program_name_is_cut_in_the_error(tmp_path):
     with pytest.raises(LaunchError) as caught:
         run(t.launch(request(tmp_path, spec([PYTHON, "-c", "pass"]))))
     assert len(caught.value.message) < 400 and "(50013 chars)" in caught.value.message
+
+
+def test_a_bare_engine_program_is_found_beside_the_targets_python_first(tmp_path):
+    """`python:` names an engine's venv; its console scripts (`chroma`, `transformers`) live
+    beside that interpreter and are found there even when the venv is not on PATH."""
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").symlink_to(sys.executable)
+    engine = venv_bin / "hpcserve-test-engine"
+    engine.write_text(f"#!{sys.executable}\nimport sys, time\n"
+                      "print('ENGINE', *sys.argv[1:], flush=True)\ntime.sleep(60)\n")
+    engine.chmod(0o755)
+    t = LocalTarget("venv", {"python": str(venv_bin / "python")})
+    h = run(t.launch(request(tmp_path, spec([engine.name, "serve", "--port", PORT]))))
+    try:
+        port = h["replicas"][0]["port"]
+        assert wait_log(t, h, "ENGINE").strip().endswith(f"ENGINE serve --port {port}")
+        runner = psutil.Process(h["replicas"][0]["pid"])
+        assert runner.cmdline()[-4:] == [str(engine), "serve", "--port", str(port)]
+    finally:
+        run(t.stop(h))
+    # Not beside the interpreter nor on PATH: the usual error. A path is never looked up.
+    with pytest.raises(LaunchError, match="'hpcserve-test-engine' was not found"):
+        run(LocalTarget("local", {}).launch(request(tmp_path, spec([engine.name]), sid="s2")))
+    with pytest.raises(LaunchError, match="was not found"):
+        run(t.launch(request(tmp_path, spec([f"./{engine.name}"]), sid="s3")))

@@ -51,6 +51,11 @@ class Backend:
     def env(self, ctx: Context) -> dict[str, str]:
         return {}
 
+    def served_name(self, ctx: Context) -> str:
+        """The `model` value the engine answers to, which clients and the gateway send: the
+        recipe's served name, for engines that take one on their command line."""
+        return ctx.served_model_name
+
     def secret_env(self) -> Iterable[tuple[str, str]]:
         return [(self.api_key_env, "api_key")] if self.api_key_env else []
 

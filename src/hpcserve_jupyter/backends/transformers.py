@@ -1,15 +1,20 @@
 """Hugging Face transformers' own OpenAI-compatible server (`transformers serve MODEL`).
 
-Flags checked against the Serve CLI guide (docs/source/en/serve-cli/serving.md) and
-src/transformers/cli/serve_refactored.py and cli/serving/server.py of huggingface/transformers:
-the model is the positional argument (preloaded, never unloaded, used for every request), --host,
---port; options are typer flags with dashes, booleans bare (--continuous-batching) and GET /health
-answers once the server is up. transformers 4.x releases took the model as `--force-model MODEL`
-instead. The server has no API key, no served-model-name and no tensor- or pipeline-parallel flag,
-so none is passed: the preloaded model answers whatever `model` a request names.
+Flags checked against `transformers serve --help` of transformers 5.25 (the release the tests
+run) and the Serve CLI guide: the model is the positional argument (preloaded, never unloaded,
+used for every request), --host, --port, --device (default `auto`: a GPU when one is visible);
+options are typer flags with dashes, booleans bare (--continuous-batching) and GET /health
+answers once the model is loaded. A recipe without GPUs gets `--device cpu`, so the engine stays
+off a machine's GPUs the session did not ask for (engine_args `device:` overrides it). The server
+has no API key, no served-model-name and no tensor- or pipeline-parallel flag, so none is passed.
+It serves the model under the name it was given on the command line and refuses (400) a request
+naming any other, so that name, not the recipe's served name, is the session's model. Its
+streams end without `data: [DONE]`. transformers 4.x took the model as `--force-model MODEL`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from ..spec import HOST, PORT
 from .base import Backend, Context
@@ -23,8 +28,13 @@ class Transformers(Backend):
     default_image = None
 
     def argv(self, ctx: Context) -> list[str]:
+        args: dict[str, Any] = {} if ctx.recipe.resources.gpus else {"device": "cpu"}
+        args.update(ctx.args_for(self.name))
         return [
             "transformers", "serve", str(ctx.model),
             "--host", HOST, "--port", PORT,
-            *self.flags(ctx.args_for(self.name)),
+            *self.flags(args),
         ]
+
+    def served_name(self, ctx: Context) -> str:
+        return str(ctx.model)

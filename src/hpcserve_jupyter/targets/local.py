@@ -37,7 +37,8 @@ HOST_RE = re.compile(r"[A-Za-z0-9.:_][A-Za-z0-9.:_-]*")
 
 class LocalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    python: str | None = Field(None, description="interpreter for Python engines (default: ours)")
+    python: str | None = Field(None, description="interpreter for Python engines (default: "
+                               "ours); engine programs beside it are found before PATH's")
     host: str = Field("127.0.0.1", description="address engines listen on")
     gpus: list[str | int] | None = Field(None, description="GPU ids; default: nvidia-smi's list")
     gpu_classes: dict[str, list[str | int]] = Field(default_factory=dict)
@@ -175,14 +176,23 @@ class LocalTarget(Target):
                               "a free one")
         return ports
 
-    def _program(self, argv: list[str]) -> None:
+    def _program(self, argv: list[str]) -> list[str]:
+        """argv with its program found. A bare name (`chroma`, `transformers`) is looked up
+        beside the target's interpreter first, where its environment keeps its console
+        scripts (so `python:` selects an engine's venv even when that venv is not on PATH),
+        then on PATH; a missing program is a LaunchError."""
         exe = argv[0]
+        if os.sep not in exe:
+            beside = Path(self.settings.python or sys.executable).parent / exe
+            if beside.is_file() and os.access(beside, os.X_OK):
+                return [str(beside), *argv[1:]]
         ok = os.access(exe, os.X_OK) if os.sep in exe else shutil.which(exe) is not None
         if not ok:
             shown = repr(exe) if len(exe) <= 200 else f"{exe[:200]!r}... ({len(exe)} chars)"
             raise LaunchError(f"the engine program {shown} was not found on this machine",
                               hint="install the engine, or set `python:` in the target's config "
                               "to an environment that has it")
+        return argv
 
     async def launch(self, req: LaunchRequest) -> dict[str, Any]:
         spec = req.spec
@@ -206,7 +216,7 @@ class LocalTarget(Target):
                 if problem:
                     raise BadInput(f"target {self.name!r}: {problem}",
                                    hint="fix the value in the recipe, overrides or targets.yaml")
-                self._program(argv)
+                argv = self._program(argv)
                 replicas.append(self._spawn(req, i, argv, env, port, mine))
         except BaseException:
             await self.stop({"replicas": replicas, "session_id": req.session_id})
