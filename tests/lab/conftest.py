@@ -8,6 +8,7 @@ without it, or without Chromium, these tests skip, except under CI=true where th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -59,6 +60,26 @@ def plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
+def write_notebook(path: Path, sources: list[str]) -> None:
+    """A notebook of code cells (not run yet) on the python3 kernel."""
+    path.write_text(json.dumps({
+        "cells": [{"cell_type": "code", "id": f"cell{i}", "metadata": {}, "outputs": [],
+                   "execution_count": None, "source": [src]} for i, src in enumerate(sources)],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                    "language": "python"}},
+        "nbformat": 4, "nbformat_minor": 5}))
+
+
+def wait_for_kernel(page) -> None:
+    """Until the notebook's kernel is connected and idle. The execution indicator alone says
+    `idle` while the page still shows "No Kernel | Initializing"; a cell run then is lost."""
+    from playwright.sync_api import expect
+
+    expect(page.locator(".jp-Toolbar-kernelName")).to_contain_text("Python 3", timeout=90_000)
+    expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(
+        1, timeout=90_000)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -94,20 +115,21 @@ def lab_env(tmp: Path) -> dict[str, str]:
 
 
 class LabServer:
-    """`jupyter lab` on a free port, with a token; stops every session it launched at exit."""
+    """`jupyter lab` (or `jupyter notebook`: app="notebook") on a free port, with a token;
+    stops every session it launched at exit."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, app: str = "lab") -> None:
         self.tmp = tmp
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.env = lab_env(tmp)
         self.root = tmp / "root"
         self.root.mkdir(exist_ok=True)
-        self.log_path = tmp / "jupyter-lab.log"
+        self.log_path = tmp / f"jupyter-{app}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115
         jupyter = Path(sys.executable).with_name("jupyter")
         self.proc = subprocess.Popen(
-            [str(jupyter), "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1",
+            [str(jupyter), app, "--allow-root", "--no-browser", "--ip=127.0.0.1",
              f"--port={self.port}", "--ServerApp.port_retries=0",
              f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={self.root}",
              "--LabApp.news_url=", "--HpcserveApp.poll_interval=0.5",
@@ -122,8 +144,8 @@ class LabServer:
                     break
             except httpx.HTTPError:
                 pass
-            assert self.proc.poll() is None, f"jupyter lab exited:\n{self.logs()}"
-            assert time.monotonic() < deadline, f"jupyter lab did not start:\n{self.logs()}"
+            assert self.proc.poll() is None, f"jupyter {app} exited:\n{self.logs()}"
+            assert time.monotonic() < deadline, f"jupyter {app} did not start:\n{self.logs()}"
             time.sleep(0.3)
 
     def logs(self, tail: int = 4000) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from .conftest import LABEXT, TOKEN, LabServer, plain, require_labextension
+from .conftest import LABEXT, TOKEN, LabServer, plain, require_labextension, wait_for_kernel
 
 pytestmark = [pytest.mark.lab, pytest.mark.model, pytest.mark.timeout(600)]
 
@@ -110,8 +110,7 @@ def _run(page, lab: LabServer, artifacts: Path, expect) -> None:
     page.wait_for_selector("#jp-main-dock-panel", timeout=60_000)
     # The notebook's kernel is up before we work in the sidebar (the %%serve cell runs later).
     expect(page.locator(".jp-Notebook")).to_be_visible(timeout=60_000)
-    expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(
-        1, timeout=90_000)
+    wait_for_kernel(page)
 
     # -- open the sidebar from its tab in the left bar
     tab = page.locator(".jp-SideBar.jp-mod-left li[data-id='hpcserve-sessions']")
@@ -209,9 +208,11 @@ def _run(page, lab: LabServer, artifacts: Path, expect) -> None:
     expect(cells.nth(2).locator(".jp-InputArea-prompt")).to_have_text(
         re.compile(r"\[\d+\]"), timeout=120_000)  # the cell has run
     outputs = cells.nth(2).locator(".jp-OutputArea-output")
-    expect(outputs.filter(has_text=re.compile(r"\w{3}"))).not_to_have_count(0)
-    answer_text = "\n".join(outputs.all_inner_texts())
-    assert "hpcserve:" not in answer_text and "Error" not in answer_text, answer_text
+    # an answer arrived (its words are the model's and differ between CPUs: not read), and
+    # nothing went to stderr (JupyterLab renders stderr and error outputs with this mime type)
+    expect(outputs.filter(has_text=re.compile(r"\S"))).not_to_have_count(0)
+    expect(cells.nth(2).locator(
+        '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')).to_have_count(0)
     page.screenshot(path=str(artifacts / "04-serve-cell.png"))
 
     # -- an API error is a notification carrying the server's message
