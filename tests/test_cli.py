@@ -125,3 +125,22 @@ def test_progress_writes_to_stderr_as_it_is_when_used():
     with contextlib.redirect_stderr(err):
         Progress()(types.SimpleNamespace(state="pending", reason="", name="s-1"))
     assert "s-1: pending" in err.getvalue()
+
+
+def test_status_output_ends_its_last_line(run_cli, tmp_path):
+    """Issue 13: the next output was said to be glued to the status table. Each form of
+    `status` ends with a newline and its table has a row per session, under the header."""
+    (tmp_path / "targets.yaml").write_text(
+        "targets:\n  local: {kind: local, python: /nonexistent/python}\n")
+    for name in ("ended-1", "ended-2"):
+        assert run_cli("launch", "smollm2-135m", "--name", name).returncode == 1
+    r = run_cli("status", "--all")
+    assert r.returncode == 0 and r.stdout.endswith("\n"), repr(r.stdout)
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:2] == ["ID", "NAME"]
+    assert sorted(line.split()[1] for line in lines[1:]) == ["ended-1", "ended-2"]
+    for args in (["status", "ended-1"], ["status", "--json"], ["status", "--all", "--json"]):
+        r = run_cli(*args)
+        assert r.returncode == 0 and r.stdout.endswith("\n"), (args, repr(r.stdout))
+    r = run_cli("status")
+    assert r.stdout == "" and r.stderr.endswith("lists ended ones)\n")

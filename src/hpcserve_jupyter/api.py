@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
+from .errors import HpcserveError
 from .prompting import Prompting, require_ready
 from .sessions import Session
 
@@ -32,9 +33,14 @@ class _LoopThread:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="hpcserve-loop",
                                        daemon=True)
+        self.stopped = False
         self.thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if self.stopped or not self.thread.is_alive():  # closed, or a forked child's copy
+            coro.close()
+            raise HpcserveError("this hpcserve facade is closed",
+                                hint="create a new one (or use hpcserve_jupyter.api.default())")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def iterate(self, agen: Any) -> Iterator[Any]:
@@ -46,8 +52,12 @@ class _LoopThread:
                 return
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=5)
 
 
 class Hpcserve(Prompting):
@@ -64,9 +74,22 @@ class Hpcserve(Prompting):
             await mgr.start(monitor=monitor)
             return mgr
 
-        self.manager = self._loop.run(make())
+        try:
+            self.manager = self._loop.run(make())
+        except BaseException:
+            self._loop.stop()
+            raise
+        _close_at_exit(self)
 
     def close(self) -> None:
+        """Stop the monitor, release connections and end the loop thread (sessions go on).
+
+        Idempotent. Run before the interpreter's exit stops the worker threads the targets
+        poll with: the CLI calls it before returning, and exit runs it for any facade still
+        open (see _close_at_exit)."""
+        if self._loop.stopped:
+            return
+        _open_facades.discard(self)
         for sub in list(_subscriptions(self)):
             sub.close()
         try:
@@ -206,6 +229,9 @@ class Hpcserve(Prompting):
 
 _default: Hpcserve | None = None
 _default_lock = threading.Lock()
+# Embedded facades not closed yet; the exit hook closes them (and the default facade).
+_open_facades: set[Hpcserve] = set()
+_exit_hook_registered = False
 
 
 def default() -> Any:
@@ -220,8 +246,62 @@ def default() -> Any:
     with _default_lock:
         if _default is None:
             _default = _remote_or_none() or Hpcserve()
-            atexit.register(_close_default)
+            _register_exit_hook()
         return _default
+
+
+def default_exists() -> bool:
+    """Whether default() has made its facade (and close_default() not closed it yet)."""
+    return _default is not None
+
+
+def close_default() -> None:
+    """Close the process-wide facade now; the next default() makes a new one."""
+    global _default
+    with _default_lock:
+        facade, _default = _default, None
+    if facade is not None:
+        with contextlib.suppress(Exception):
+            facade.close()
+
+
+def _close_at_exit(facade: Hpcserve) -> None:
+    """Have `facade` closed when the interpreter exits, if nobody closed it before."""
+    _open_facades.add(facade)
+    _register_exit_hook()
+
+
+def _register_exit_hook() -> None:
+    """Close every open facade at exit BEFORE concurrent.futures stops its worker threads.
+
+    At exit Python first runs threading's own exit hooks, among them concurrent.futures'
+    (which refuses new work from then on: "cannot schedule new futures after ... shutdown"),
+    and only then the `atexit` handlers. A facade closed by `atexit` kept its monitor ticking
+    on the loop thread in between, and the targets' polls (asyncio.to_thread) failed with a
+    traceback as the CLI exited. Threading's hooks run last-registered first, so importing
+    concurrent.futures.thread (registering its hook) before registering ours closes the
+    facades first. `atexit` is the fallback where that hook does not exist.
+    """
+    global _exit_hook_registered
+    if _exit_hook_registered:
+        return
+    _exit_hook_registered = True
+    import concurrent.futures.thread  # noqa: F401  (its exit hook must be registered first)
+
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is None:
+            raise RuntimeError("no threading exit hooks")
+        register(_close_all)
+    except RuntimeError:  # another Python, or the interpreter is exiting already
+        atexit.register(_close_all)
+
+
+def _close_all() -> None:
+    close_default()
+    for facade in list(_open_facades):
+        with contextlib.suppress(Exception):
+            facade.close()
 
 
 def _remote_or_none() -> Any:
@@ -236,14 +316,6 @@ def _remote_or_none() -> Any:
 
     server = find_server()
     return RemoteHpcserve(server.url, server.token) if server else None
-
-
-def _close_default() -> None:
-    global _default
-    if _default is not None:
-        with contextlib.suppress(Exception):
-            _default.close()
-        _default = None
 
 
 def launch(recipe: str, **kwargs: Any) -> Session:

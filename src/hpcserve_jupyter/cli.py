@@ -6,6 +6,7 @@ Exit codes: 0 ok, 2 bad input (unknown names, invalid overrides), 1 any other fa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -83,8 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from . import api
     from .errors import HpcserveError
 
+    owns_facade = not api.default_exists()  # else a caller's (tests call main in-process)
     try:
         return COMMANDS[args.command](args)
     except HpcserveError as exc:
@@ -93,6 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hpcserve: interrupted", file=sys.stderr)
         return 130
+    finally:
+        with contextlib.suppress(OSError):  # the output is out before the facade closes
+            sys.stdout.flush()
+        if owns_facade:
+            # Now, not at exit: the interpreter's exit stops the worker threads the monitor
+            # polls targets with, and a tick still running then failed with a traceback.
+            api.close_default()
 
 
 # ---------------------------------------------------------------- commands
@@ -270,10 +280,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
     print(f"chatting with {session.name} ({session.model}); an empty line ends", file=sys.stderr)
     while True:
         try:
-            line = input("> ")
+            line, eof = input("> "), False
         except EOFError:
-            break
+            line, eof = "", True
         if not line.strip():
+            # input() left "> " on stdout; a terminal echoes an Enter, not a Ctrl-D or piped
+            # text: end that line, or the next output (the shell's prompt) is glued to it
+            if eof or not sys.stdin.isatty():
+                sys.stdout.write("\n")
             break
         history.append({"role": "user", "content": line})
         answer = []

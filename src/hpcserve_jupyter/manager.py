@@ -59,6 +59,8 @@ class SessionManager:
         self._published: dict[str, tuple[str, bool]] = {}
         self._seq = self.store.last_seq()
         self._monitor: asyncio.Task[None] | None = None
+        self._closing = False
+        self.close_timeout = 15.0  # how long close() lets a tick in flight finish
         self._http: httpx.AsyncClient | None = None
         self._tick_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -95,15 +97,34 @@ class SessionManager:
             self._monitor = asyncio.create_task(self._loop(), name="hpcserve-monitor")
 
     async def close(self) -> None:
-        """Stop monitoring and release connections. Sessions keep running."""
+        """Stop monitoring, then release connections. Sessions keep running.
+
+        In this order: no new tick starts, the tick in flight is let finish (its polls run in
+        worker threads on the targets' connections; cancelling it would leave them running),
+        and only then are the targets closed, so no poll ever runs on a closed target.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._wake.set()
         if self._monitor:
-            self._monitor.cancel()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._monitor), self.close_timeout)
+            except TimeoutError:  # a tick stuck on a target: give up on it
+                self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
             self._monitor = None
+        # A tick run by someone else (refresh(), wait() without the monitor) ends first too.
+        locked = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.close_timeout):
+                locked = await self._tick_lock.acquire()
         for target in self._targets.values():
             with contextlib.suppress(Exception):
                 await target.close()
+        if locked:
+            self._tick_lock.release()  # a tick waiting for it sees _closing and returns
         if self._http:
             await self._http.aclose()
             self._http = None
@@ -305,13 +326,13 @@ class SessionManager:
         self._wake.set()
 
     async def _loop(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await self.tick()
             except Exception:  # the loop must survive any one bad tick
                 log.exception("monitor tick failed")
             deadline = time.monotonic() + self.poll_interval
-            while (left := deadline - time.monotonic()) > 0:
+            while not self._closing and (left := deadline - time.monotonic()) > 0:
                 try:
                     await asyncio.wait_for(self._wake.wait(), min(left, self.probe_interval))
                     break
@@ -346,10 +367,14 @@ class SessionManager:
         Only the manager holding the state directory's monitor lock acts; the others read
         what it writes (see monitorlock.py).
         """
+        if self._closing:
+            return
         self._follow_store()
         if not self.monitoring:
             return
         async with self._tick_lock:
+            if self._closing:
+                return
             self.ticks += 1
             by_target: dict[str, list[Session]] = defaultdict(list)
             for s in self.store.all(live_only=True):
@@ -393,6 +418,11 @@ class SessionManager:
         except HpcserveError as exc:
             statuses = {s.id: TargetStatus(Phase.UNREACHABLE, reason=exc.message) for s in sessions}
         except Exception as exc:
+            if self._closing:
+                # Cut short by close() (or by the interpreter's exit shutting the worker
+                # threads down): it says nothing about the target, so nothing is recorded.
+                log.debug("poll of target %s abandoned on close: %r", target_name, exc)
+                return
             log.exception("polling target %s failed", target_name)
             statuses = {s.id: TargetStatus(Phase.UNREACHABLE, reason=str(exc)) for s in sessions}
         await asyncio.gather(*(self._apply(s, statuses.get(s.id)) for s in sessions))

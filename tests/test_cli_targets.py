@@ -1,0 +1,233 @@
+"""Every `hpcserve` command, run as a real subprocess, against each kind of target: local (the
+real llama.cpp engine), SLURM (the real test cluster over sshd) and Tapis Pods (the stand-in
+behind real tapipy). Whatever a command does, its stderr never holds a traceback: it succeeds,
+or it fails with a one-line message and exit code 1 or 2 (GitHub issue 13, part 2).
+
+One test per target kind runs the commands in sequence on the sessions it launches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from hpcserve_jupyter.targets.local import SESSION_MARK
+from target_fixtures import cluster, pod_proxy, pods_config, slurm_config, standin  # noqa: F401
+
+RECIPE = "smollm2-135m"
+TRACEBACK = "Traceback (most recent call last)"
+LOG_HEADER = "--- last lines of the engine log ---"
+EXE = str(Path(sys.executable).with_name("hpcserve"))
+
+pytestmark = [pytest.mark.model, pytest.mark.timeout(900)]
+
+
+class Cli:
+    """Runs `hpcserve` and checks what every command must do: the expected exit code, no
+    traceback, a message on stderr when it fails, and output that ends its last line."""
+
+    def __init__(self, run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+        self.run_cli = run_cli
+        self.ran: list[str] = []
+
+    def __call__(self, *args: str, rc: int = 0, input: str | None = None,
+                 timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        r = self.run_cli(*args, input=input, timeout=timeout)
+        self.ran.append(" ".join(args[:1]))
+        what = f"hpcserve {' '.join(args)} -> {r.returncode}\n{r.stderr}"
+        # An engine's own log (`logs`, a failed session's log tail) may hold its traceback.
+        assert TRACEBACK not in r.stderr.split(LOG_HEADER)[0], what
+        if "--json" in args and r.stdout:
+            json.loads(r.stdout)  # data (a session's log tail in it may quote a traceback)
+        elif args[0] != "logs":
+            assert TRACEBACK not in r.stdout.split(LOG_HEADER)[0], what
+        assert r.returncode == rc, what
+        if rc:  # said in a line of its own
+            assert any(line.startswith("hpcserve: ") for line in r.stderr.splitlines()), what
+        assert not r.stdout or r.stdout.endswith("\n"), f"{what}\nstdout: {r.stdout[-200:]!r}"
+        return r
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        self.ran.append(args[0])
+        return subprocess.Popen([EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=dict(os.environ))
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    assert TRACEBACK not in err, err
+    return proc.returncode, out, err
+
+
+def table(stdout: str) -> dict[str, dict[str, str]]:
+    """`hpcserve status` as {name: row}; the header names the columns."""
+    lines = stdout.splitlines()
+    header = lines[0].split()
+    assert header[:2] == ["ID", "NAME"], stdout
+    return {row.split()[1]: dict(zip(header, row.split(), strict=False)) for row in lines[1:]}
+
+
+def wait_state(cli: Cli, name: str, states: set[str], timeout: float = 180) -> dict[str, Any]:
+    """`status NAME --json` until the session is in one of `states` (every call is a CLI run,
+    whose embedded manager ticks once at start)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = json.loads(cli("status", name, "--json").stdout)
+        if info["state"] in states or time.monotonic() > deadline:
+            assert info["state"] in states, info
+            return info
+        time.sleep(0.5)
+
+
+def every_command(cli: Cli, target: str, kind: str, *launch_args: str) -> list[str]:
+    """The whole command set on `target`, in the order a user meets it; `launch_args` go to
+    every launch. Returns the ids of the sessions it launched (all ended by then)."""
+    # catalog
+    assert target in table_of_targets(cli("targets").stdout)
+    assert {"name": target, "kind": kind}.items() <= next(
+        t for t in json.loads(cli("targets", "--json").stdout) if t["name"] == target).items()
+    assert RECIPE in cli("recipes").stdout
+    assert cli("recipes", RECIPE).stdout.startswith(f"name: {RECIPE}\n")
+    assert RECIPE in [r["name"] for r in json.loads(cli("recipes", "--json").stdout)]
+
+    # launch without --wait (issue 13: this one printed a traceback as the CLI exited), then
+    # with --wait; the second one's monitor moves the first along too
+    r = cli("launch", RECIPE, "--on", target, "--name", "plain", *launch_args)
+    plain = r.stdout.strip()
+    assert f"launched plain (id {plain}) on {target}" in r.stderr
+    r = cli("launch", RECIPE, "--on", target, "--name", "waited", "--wait", "--timeout", "240",
+            "--json", *launch_args, timeout=300)
+    waited = json.loads(r.stdout)
+    assert waited["state"] == "ready" and waited["target"] == target, r.stderr
+    assert "waited: ready" in r.stderr
+    wait_state(cli, "plain", {"ready"})
+
+    # status, all its forms
+    r = cli("status")
+    rows = table(r.stdout)
+    assert set(rows) == {"plain", "waited"}, r.stdout
+    assert {row["STATE"] for row in rows.values()} == {"ready"}
+    assert rows["plain"]["ID"] == plain and rows["plain"]["TARGET"] == target
+    r = cli("status", "waited")
+    fields = dict(line.split(None, 1) for line in r.stdout.splitlines())
+    assert fields["id"] == waited["id"] and fields["state"] == "ready", r.stdout
+    assert fields["target"] == target
+    assert {s["name"] for s in json.loads(cli("status", "--json").stdout)} == {"plain", "waited"}
+
+    # prompting: the answer's words are the model's; that one came back is ours to check
+    r = cli("prompt", waited["id"], "Say", "hi.", "--max-tokens", "8", "--temperature", "0")
+    assert r.stdout.strip(), r.stderr
+    r = cli("prompt", "waited", "Hello", "--system", "Be brief.", "--max-tokens", "4")
+    assert r.stdout.strip()
+    r = cli("chat", "waited", "--max-tokens", "8", input="Hello\n\n")
+    assert "chatting with waited" in r.stderr and r.stdout.strip("> \n")
+    assert "chat/completions" in cli("logs", "waited", "--tail", "200").stdout
+    cli("logs", "waited", "--tail", "0")
+    r = cli("keepalive", "waited")
+    assert "idle timer reset" in r.stderr
+
+    # `logs -f` follows until the session ends: here, a stop from another process
+    follow = cli.popen("logs", "waited", "--follow")
+    first = follow.stdout.readline()  # type: ignore[union-attr]  # it follows now
+    r = cli("stop", "waited")
+    assert "waited: stopped" in r.stderr
+    code, out, err = finish(follow)
+    assert code == 0 and "chat/completions" in first + out, err
+    cli("stop", "waited")  # again: a no-op
+
+    # what a stopped session refuses, with a message
+    r = cli("prompt", "waited", "hi", rc=1)
+    assert "stopped, not ready" in r.stderr
+    r = cli("chat", "waited", rc=1, input="hello\n\n")
+    assert "stopped, not ready" in r.stderr
+    r = cli("keepalive", "waited", rc=1)
+    assert "nothing to keep alive" in r.stderr
+    cli("logs", "waited")
+
+    # the foreground monitor, ended by Ctrl-C, while another process reads the state
+    monitor = cli.popen("monitor", "--interval", "1")
+    assert "monitoring" in monitor.stderr.readline()  # type: ignore[union-attr]
+    assert set(table(cli("status").stdout)) == {"plain"}
+    monitor.send_signal(signal.SIGINT)
+    code, _, err = finish(monitor)
+    assert code == 130 and "hpcserve: interrupted" in err, err
+
+    r = cli("stop", plain)
+    assert "plain: stopped" in r.stderr
+    r = cli("status")
+    assert not r.stdout and "no live sessions" in r.stderr
+    rows = table(cli("status", "--all").stdout)
+    assert {rows["plain"]["STATE"], rows["waited"]["STATE"]} == {"stopped"}
+
+    # failures, each with a message
+    r = cli("launch", RECIPE, "--on", target, "--name", "broken", "--wait", "--timeout", "240",
+            "--set", "model=/nonexistent/model.gguf", *launch_args, rc=1, timeout=300)
+    assert "hpcserve: session broken failed" in r.stderr, r.stderr
+    assert "/nonexistent/model.gguf" in r.stderr  # the engine's log tail says why
+    r = cli("status", "broken")
+    assert "state      failed" in r.stdout and LOG_HEADER in r.stdout
+    cli("stop", "broken")  # an ended session: a no-op
+    cli("status", "nope", rc=2)
+    cli("logs", "nope", rc=2)
+    cli("prompt", "nope", "hi", rc=2)
+    cli("launch", RECIPE, "--on", target, "--set", "colour=red", rc=2)
+    cli("launch", RECIPE, "--on", f"{target}x", rc=2)
+
+    # none left behind
+    assert not json.loads(cli("status", "--json").stdout)
+    ended = json.loads(cli("status", "--all", "--json").stdout)
+    assert sorted(s["name"] for s in ended) == ["broken", "plain", "waited"]
+    commands = {"recipes", "targets", "launch", "status", "logs", "prompt", "chat", "stop",
+                "keepalive", "monitor"}
+    from hpcserve_jupyter.cli import COMMANDS
+
+    assert set(COMMANDS) == commands  # a new command must be added here
+    assert set(cli.ran) == commands
+    return [s["id"] for s in ended]
+
+
+def table_of_targets(stdout: str) -> list[str]:
+    lines = stdout.splitlines()
+    assert lines[0].split() == ["NAME", "KIND", "GPUS"], stdout
+    return [line.split()[0] for line in lines[1:]]
+
+
+def write_targets(name: str, config: dict[str, Any]) -> None:
+    Path(os.environ["HPCSERVE_TARGETS"]).write_text(yaml.safe_dump({"targets": {name: config}}))
+
+
+def test_every_command_on_local(run_cli):
+    ids = every_command(Cli(run_cli), "local", "local")
+    marked = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get(SESSION_MARK) in ids and proc.status() != psutil.STATUS_ZOMBIE:
+                marked.append(proc.pid)
+    assert not marked  # no engine process left
+
+
+def test_every_command_on_slurm(run_cli, slurm_config):  # noqa: F811
+    write_targets("cluster", slurm_config)
+    # the test node has 2 CPUs: one each, so that the two sessions run at once
+    ids = every_command(Cli(run_cli), "cluster", "slurm", "--set", "cpus=1")
+    out = subprocess.run(["squeue", "--noheader", "-o", "%j"], capture_output=True, text=True,
+                         check=True).stdout
+    assert not [job for job in out.split() if job.endswith(tuple(ids))]  # no job left
+
+
+def test_every_command_on_tapis_pods(run_cli, pods_config, standin):  # noqa: F811
+    write_targets("pods", pods_config)
+    every_command(Cli(run_cli), "pods", "tapis-pods")
+    assert not [pod for pod in standin.pods if standin.local_url(pod)]  # no pod runs
