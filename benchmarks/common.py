@@ -1,12 +1,14 @@
-"""Shared helpers: timing statistics, results written as JSON next to this file, and a burst
-of concurrent streamed prompts (R10)."""
+"""Shared helpers: timing statistics, results written as JSON next to this file (each with the
+commit and the machine it was measured on), and a burst of concurrent streamed prompts (R10)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -27,19 +29,59 @@ def stats(samples: list[float]) -> dict[str, float]:
             "mean": statistics.fmean(samples)}
 
 
+def provenance() -> dict[str, Any]:
+    """Where a figure comes from: the commit, whether the tree differed from it (the results
+    directory aside, which the benchmarks themselves rewrite), when, and the machine (a figure
+    means little without the CPU it was measured on)."""
+    changes = _git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                   ":(exclude)benchmarks/results")
+    return {"commit": _git("rev-parse", "HEAD") or "unknown (not a git checkout)",
+            "dirty": None if changes is None else bool(changes),
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": {"cpu": cpu_model(), "cpus": os.cpu_count() or 0,
+                        "cpu_features": cpu_features(), "python": platform.python_version()}}
+
+
+def _git(*args: str) -> str | None:
+    """Output of a git command in the checkout; None without git or outside a checkout."""
+    try:
+        return subprocess.run(["git", *args], cwd=RESULTS.parents[1], capture_output=True,
+                              text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpuinfo(key: str) -> str | None:
+    """The first `key` line of /proc/cpuinfo (Linux), or None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == key:
+                return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux; platform's guess elsewhere)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_features() -> list[str]:
+    """The vector extensions the engines' kernels pick from (a VM often names no model)."""
+    flags = set((_cpuinfo("flags") or "").split())
+    return [f for f in ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16",
+                        "amx_int8", "amx_bf16") if f in flags]
+
+
 def write(name: str, data: dict[str, Any]) -> Path:
+    """benchmarks/results/NAME.json: the figures, led by their provenance."""
     RESULTS.mkdir(exist_ok=True)
-    data = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "machine": {"python": platform.python_version(), "cpus": _cpus()}, **data}
+    data = {"benchmark": name, **provenance(), **data}
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
-
-
-def _cpus() -> int:
-    import os
-
-    return os.cpu_count() or 0
 
 
 async def concurrent_prompts(base: str, token: str, n: int) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """Reliability figures (GitHub issue 8): `python benchmarks/reliability.py [PYTEST ARGS...]`.
 
 Runs `pytest tests/reliability` (real engines, real `jupyter server` subprocesses, the SLURM
-test cluster), which records each figure in $HPCSERVE_RELIABILITY_OUT (default
-benchmarks/results/reliability-figures.json); then prints the figures and writes them, with
-the pytest outcome, to benchmarks/results/reliability.json. Exits with pytest's status.
+test cluster), which records each figure in $HPCSERVE_RELIABILITY_OUT (default: a scratch file
+of this run); then prints the figures and writes them, with the pytest outcome, the commit and
+the CPU, to benchmarks/results/reliability.json. Exits with pytest's status.
 """
 
 from __future__ import annotations
@@ -12,13 +12,16 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from common import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 ORDER = ["R1", "R-launch-kill", "R-shared-state", "R2", "R3", "R4", "R5", "R6", "R7", "R8",
-         "R9", "R10"]
+         "R9", "R10", "R11"]
 TITLES = {
     "R1": "kill -9 of the Jupyter server with ready and starting sessions (local, SLURM, "
           "Tapis), restart",
@@ -31,14 +34,16 @@ TITLES = {
     "R8": "unauthenticated requests and proxy steering",
     "R9": "autostop of an idle session",
     "R10": "50 concurrent streams through the proxy; 200 sessions in store and monitor",
+    "R11": "soak: launch -> prompts (proxy, gateway) -> stop cycles on local, SLURM and "
+           "Tapis in one Jupyter server; RSS, fds, threads, SSH channels, tunnels, leftovers",
     "R-launch-kill": "kill -9 of the manager mid-launch (local, SLURM, Tapis)",
     "R-shared-state": "two Jupyter servers sharing one state directory",
 }
 
 
 def main(pytest_args: list[str]) -> int:
-    out = Path(os.environ.get("HPCSERVE_RELIABILITY_OUT")
-               or RESULTS / "reliability-figures.json")
+    scratch = tempfile.TemporaryDirectory(prefix="hpcserve-reliability-")
+    out = Path(os.environ.get("HPCSERVE_RELIABILITY_OUT") or Path(scratch.name) / "figures.json")
     out.unlink(missing_ok=True)  # only this run's figures
     env = {**os.environ, "HPCSERVE_RELIABILITY_OUT": str(out)}
     start = time.monotonic()
@@ -59,8 +64,9 @@ def main(pytest_args: list[str]) -> int:
     if missing:
         print("not measured in this run: " + ", ".join(missing))
     RESULTS.mkdir(parents=True, exist_ok=True)
+    scratch.cleanup()
     (RESULTS / "reliability.json").write_text(json.dumps(
-        {"pytest_exit": code, "duration_s": round(took, 1), "figures": figures,
+        {**provenance(), "pytest_exit": code, "duration_s": round(took, 1), "figures": figures,
          "not_measured": missing}, indent=2, sort_keys=True) + "\n")
     return code
 

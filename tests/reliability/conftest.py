@@ -1,7 +1,9 @@
 """Reliability tests (GitHub issue 8): real engines, real `jupyter server` subprocesses killed
-with SIGKILL, the real SLURM + sshd test cluster. Each test records its figures (R1..R10) in
-the JSON file named by $HPCSERVE_RELIABILITY_OUT (default
-benchmarks/results/reliability-figures.json), which benchmarks/reliability.py prints."""
+with SIGKILL, the real SLURM + sshd test cluster. Each test records its figures (R1..R11) in
+the JSON file named by $HPCSERVE_RELIABILITY_OUT, which `make reliability`
+(benchmarks/reliability.py) sets and then publishes as benchmarks/results/reliability.json.
+Without it (a test run alone, `make test`) they go to a scratch file in the temp directory, so
+running tests never rewrites a tracked file."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ from hpcserve_jupyter.targets.local import SESSION_MARK  # noqa: E402
 
 __all__ = ["TOKEN", "JupyterServer", "free_port", "wait_ready"]
 FIGURES = Path(os.environ.get("HPCSERVE_RELIABILITY_OUT")
-               or REPO / "benchmarks" / "results" / "reliability-figures.json")
+               or Path(tempfile.gettempdir()) / f"hpcserve-reliability-figures-{os.getuid()}.json")
 
 
 def _load_conftest(kind: str) -> Any:
@@ -57,7 +60,7 @@ def record(figure: str, **values: Any) -> None:
     except (OSError, ValueError):
         data = {}
     data.setdefault(figure, {}).update(values, recorded_at=time.time())
-    tmp = FIGURES.with_suffix(".tmp")
+    tmp = FIGURES.with_name(f"{FIGURES.name}.{os.getpid()}.tmp")  # parallel runs never share it
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     os.replace(tmp, FIGURES)
 

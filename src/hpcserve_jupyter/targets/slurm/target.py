@@ -2,8 +2,9 @@
 
 Per monitor tick it runs one `squeue` for all of a cluster's jobs and, only when some job
 left the queue or ended, one `sacct` for those. Endpoints are published by the job itself
-(`endpoint.json`, read over SFTP) and reached through a local SSH tunnel, or directly when
-hpcserve runs on the cluster (`host: local`).
+(`endpoint.json`; those of all jobs that run but are not yet known are read with one remote
+command per tick, not one SFTP read each) and reached through a local SSH tunnel, or directly
+when hpcserve runs on the cluster (`host: local`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ from .states import SACCT_FIELDS, SQUEUE_FORMAT, JobInfo, parse_sacct, parse_squ
 LOG_TAIL_BYTES = 16384
 UNREACHABLE_HINTS = ("Unable to contact slurm controller", "Socket timed out",
                      "Connection refused", "Zero Bytes were transmitted")
+# Reads the paths given on stdin (one a line) and prints each file's first line, or an empty
+# line when it does not exist yet: shell builtins only, so one process for any number of jobs.
+READ_FIRST_LINES = ('while IFS= read -r f; do line=; '
+                    'if [ -f "$f" ]; then IFS= read -r line 2>/dev/null < "$f"; fi; '
+                    "printf '%s\\n' \"$line\"; done")
 
 
 class Container(BaseModel):
@@ -214,12 +220,18 @@ class SlurmTarget(Target):
         wanted = {sid: str(h.get("job_id")) for sid, h in handles.items()}
         gone = [j for j in wanted.values() if j not in queue or queue[j].ended]
         finished = self._accounting_info(gone) if gone else {}
+        infos = {sid: finished.get(job_id) or queue.get(job_id) for sid, job_id in wanted.items()}
+        unpublished = [handles[sid] for sid, info in infos.items() if info is not None
+                       and info.phase == Phase.RUNNING and "ports" not in handles[sid]]
+        try:
+            published = self._read_endpoints(unpublished)
+        except TargetUnreachable as exc:
+            return {sid: TargetStatus(Phase.UNREACHABLE, reason=exc.message) for sid in handles}
         out: dict[str, TargetStatus] = {}
-        for sid, job_id in wanted.items():
+        for sid, info in infos.items():
             handle = handles[sid]
-            info = finished.get(job_id) or queue.get(job_id)
             try:
-                out[sid] = self._status(handle, info)
+                out[sid] = self._status(handle, info, published.get(handle.get("workdir")))
             except TargetUnreachable as exc:
                 out[sid] = TargetStatus(Phase.UNREACHABLE, reason=exc.message)
         return out
@@ -241,7 +253,9 @@ class SlurmTarget(Target):
         except RemoteCommandError:
             return {}
 
-    def _status(self, handle: Mapping[str, Any], info: JobInfo | None) -> TargetStatus:
+    def _status(self, handle: Mapping[str, Any], info: JobInfo | None,
+                published: tuple[str, list[int]] | None = None) -> TargetStatus:
+        """`published`: the endpoint the job wrote, when it runs and its ports are new."""
         if info is None:
             code = self._exit_code_file(handle)
             return TargetStatus(Phase.EXITED, reason="the job is no longer known to SLURM"
@@ -253,7 +267,6 @@ class SlurmTarget(Target):
         if phase == Phase.RUNNING:
             update = None
             if "ports" not in handle:
-                published = self._read_endpoint(handle)
                 if published is None:
                     return TargetStatus(Phase.RUNNING, reason=f"running on {info.nodes}")
                 update = {"node": published[0], "ports": published[1]}
@@ -272,12 +285,35 @@ class SlurmTarget(Target):
         return TargetStatus(phase, reason=reason, exit_code=exit_code,
                             log_tail=self._log_tail(handle))
 
-    def _read_endpoint(self, handle: Mapping[str, Any]) -> tuple[str, list[int]] | None:
+    def _read_endpoints(self, handles: list[Mapping[str, Any]]
+                        ) -> dict[str, tuple[str, list[int]]]:
+        """The endpoints published so far by these running jobs, by workdir: one remote
+        command for all (an SFTP read each costs three round trips, serialised, per job and
+        tick). Not yet written (or unreadable) means not published yet."""
+        paths = {posixpath.join(str(h["workdir"]), "endpoint.json"): str(h["workdir"])
+                 for h in handles if "\n" not in str(h.get("workdir", "\n"))}
+        if not paths:
+            return {}
         try:
-            text = self.shell().read_file(posixpath.join(handle["workdir"], "endpoint.json"))
+            out = self._run(["sh", "-c", READ_FIRST_LINES], stdin="".join(
+                p + "\n" for p in paths)).stdout
+        except RemoteCommandError:  # e.g. an odd login shell: the same, one SFTP read each
+            lines = [self._read_endpoint_file(p) for p in paths]
+        else:
+            lines = out.split("\n")[:len(paths)]
+        found = {}
+        for (_, workdir), line in zip(paths.items(), lines, strict=False):
+            try:
+                found[workdir] = script.parse_endpoint(line)
+            except (ValueError, KeyError, TypeError):  # empty: not written yet
+                continue
+        return found
+
+    def _read_endpoint_file(self, path: str) -> str:
+        try:
+            return self.shell().read_file(path).decode("utf-8", "replace")
         except OSError:  # not written yet (a lost connection raises SSHUnreachable instead)
-            return None
-        return script.parse_endpoint(text.decode())
+            return ""
 
     def _exit_code_file(self, handle: Mapping[str, Any]) -> int | None:
         try:
