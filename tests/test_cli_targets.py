@@ -198,6 +198,17 @@ def every_command(cli: Cli, target: str, kind: str, *launch_args: str) -> list[s
     return [s["id"] for s in ended]
 
 
+@pytest.fixture(autouse=True)
+def nothing_left_running(run_cli):
+    """Whatever the test's outcome, stop the sessions it left live (a failed assertion in the
+    middle of the sequence must not leave engines, jobs or pods behind)."""
+    yield
+    listed = run_cli("status", "--json", timeout=120)
+    with contextlib.suppress(ValueError):
+        for session in json.loads(listed.stdout or "[]"):
+            run_cli("stop", session["id"], timeout=120)
+
+
 def table_of_targets(stdout: str) -> list[str]:
     lines = stdout.splitlines()
     assert lines[0].split() == ["NAME", "KIND", "GPUS"], stdout
