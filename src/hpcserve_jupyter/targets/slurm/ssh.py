@@ -741,7 +741,8 @@ class SSHConnection:
                                      stderr=stderr, where=self.label)
             exit_code = self._exit_code(channel, command)
         finally:
-            channel.close()
+            with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
+                channel.close()  # on a dropped connection: SSHUnreachable above says so
         result = CommandResult(command, exit_code, stdout, stderr)
         if check and exit_code != 0:
             raise RemoteCommandError(command=command, exit_code=exit_code, stdout=stdout,
@@ -1010,7 +1011,8 @@ class _Tunnel:
             with contextlib.suppress(OSError):
                 client.shutdown(socket.SHUT_RDWR)
             client.close()
-            channel.close()
+            with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
+                channel.close()  # raises on a dropped connection
 
     def close(self) -> None:
         """Stop listening and cut every forwarded connection."""
@@ -1023,7 +1025,10 @@ class _Tunnel:
         for client, channel in links:
             with contextlib.suppress(OSError):
                 client.shutdown(socket.SHUT_RDWR)
-            channel.close()
+            # on a dropped connection close() raises EOFError: the other links must still be
+            # cut and the caller (a session's stop) must not fail for it
+            with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
+                channel.close()
         self._thread.join(timeout=2)
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -54,7 +55,11 @@ from .ids import deployment_ids
 log = logging.getLogger(__name__)
 LOG_TAIL_LINES = 40
 ENDED_MEMORY = 256  # pods that ended and were deleted: statuses and logs kept in memory
-FINAL_LOG_BYTES = 1 << 20
+FINAL_LOG_BYTES = 1 << 20  # the end of one pod's logs, kept to be read after its deletion
+# Memory for all kept logs together: without it, 256 pods' logs (~100 KB of text from a
+# llama.cpp start, up to 4 bytes a character in memory) grew a long-lived server by hundreds
+# of MB (found by the R11 soak).
+FINAL_LOGS_BUDGET = 4 << 20
 
 
 class TapisPodsTarget(Target):
@@ -250,10 +255,14 @@ class TapisPodsTarget(Target):
         self._remember(pod_id, st)
 
     def _keep_logs(self, pod_id: str, text: str) -> None:
+        """Keep the end of a pod's logs for after its deletion; the oldest pods' logs go first
+        once ENDED_MEMORY pods or FINAL_LOGS_BUDGET bytes of memory are kept."""
         self._final_logs.pop(pod_id, None)
         self._final_logs[pod_id] = text[-FINAL_LOG_BYTES:]
-        while len(self._final_logs) > ENDED_MEMORY:
-            self._final_logs.pop(next(iter(self._final_logs)))
+        kept = sum(map(sys.getsizeof, self._final_logs.values()))
+        while len(self._final_logs) > 1 and (len(self._final_logs) > ENDED_MEMORY
+                                             or kept > FINAL_LOGS_BUDGET):
+            kept -= sys.getsizeof(self._final_logs.pop(next(iter(self._final_logs))))
 
     def _remember(self, pod_id: str, st: TargetStatus) -> None:
         self._ended[pod_id] = st
