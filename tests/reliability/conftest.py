@@ -7,7 +7,6 @@ running tests never rewrites a tracked file."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -27,29 +26,19 @@ from test_jupyter_real_server import TOKEN, JupyterServer, free_port, wait_ready
 
 from hpcserve_jupyter.targets.local import SESSION_MARK  # noqa: E402
 
+# The remote targets' fixtures (the SLURM + sshd test cluster, the Tapis Pods stand-in, their
+# target configs), shared with the other tests that use them.
+from target_fixtures import (  # noqa: E402, F401
+    cluster,
+    pod_proxy,
+    pods_config,
+    slurm_config,
+    standin,
+)
+
 __all__ = ["TOKEN", "JupyterServer", "free_port", "wait_ready"]
 FIGURES = Path(os.environ.get("HPCSERVE_RELIABILITY_OUT")
                or Path(tempfile.gettempdir()) / f"hpcserve-reliability-figures-{os.getuid()}.json")
-
-
-def _load_conftest(kind: str) -> Any:
-    """The fixtures of tests/targets/<kind>/conftest.py (not importable by name)."""
-    folder = REPO / "tests" / "targets" / kind
-    sys.path.insert(0, str(folder))  # its helper modules
-    spec = importlib.util.spec_from_file_location(f"hpcserve_{kind}_conftest",
-                                                  folder / "conftest.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-_slurm = _load_conftest("slurm")
-cluster = _slurm.cluster  # the session-scoped fixture starting (or finding) the test cluster
-_tapis = _load_conftest("tapis")
-# The Tapis Pods stand-in (driven through real tapipy), the proxy to its pods, the target config.
-standin, pod_proxy, pods_config = _tapis.standin, _tapis.pod_proxy, _tapis.pods_config
 
 
 def record(figure: str, **values: Any) -> None:
@@ -124,9 +113,3 @@ def remote_target(request: pytest.FixtureRequest, kind: str) -> tuple[dict[str, 
     return request.getfixturevalue("pods_config"), request.getfixturevalue("standin")
 
 
-@pytest.fixture
-def slurm_config(cluster: Any) -> dict[str, Any]:
-    return {"kind": "slurm", "host": cluster.host, "port": cluster.port, "user": cluster.user,
-            "key": str(cluster.key), "known_hosts": str(cluster.known_hosts),
-            "ssh_config": None, "use_agent": False, "partition": "debug",
-            "python": cluster.env["HPCSERVE_TEST_REMOTE_PYTHON"], "stop_timeout": 30}
