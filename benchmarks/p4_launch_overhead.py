@@ -13,7 +13,8 @@ import httpx
 from common import stats, write
 
 from hpcserve_jupyter.api import Hpcserve
-from hpcserve_jupyter.spec import HOST, PORT, PYTHON, render_argv, resolve
+from hpcserve_jupyter.resolve import resolve
+from hpcserve_jupyter.spec import HOST, PORT, PYTHON, render_argv
 from hpcserve_jupyter.targets.local import free_port
 
 RUNS = 5

@@ -1,4 +1,7 @@
-"""Shared fixtures. Every test gets its own state directory and target file (no user config)."""
+"""Shared fixtures. Every test gets its own state directory and target file (no user config).
+
+The embedded facade as a fixture (`hp = facade_fixture(scope="module")`) is in
+facade_fixtures.py: a conftest is not importable by name when several exist."""
 
 from __future__ import annotations
 

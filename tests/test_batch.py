@@ -3,12 +3,12 @@ errors, pandas Series in and out, and the checks made before anything is sent.""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 
 import pytest
 
+from facade_fixtures import facade_fixture
 from hpcserve_jupyter import api
 from hpcserve_jupyter.api import Hpcserve
 from hpcserve_jupyter.batch import BatchResult, BatchResults
@@ -17,15 +17,7 @@ from hpcserve_jupyter.errors import BadInput, HpcserveError, LaunchError, NotRea
 RECIPE = "smollm2-135m"
 
 
-@pytest.fixture(scope="module")
-def hp(tmp_path_factory):
-    h = Hpcserve(home=tmp_path_factory.mktemp("batch-home"), poll_interval=0.5,
-                 target_configs={"local": {"kind": "local"}})
-    yield h
-    for s in h.sessions(live_only=True):
-        with contextlib.suppress(HpcserveError):
-            h.stop(s.id)
-    h.close()
+hp = facade_fixture(scope="module")
 
 
 @pytest.fixture(scope="module")

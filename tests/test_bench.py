@@ -9,6 +9,7 @@ import math
 
 import pytest
 
+from facade_fixtures import facade_fixture
 from hpcserve_jupyter import api
 from hpcserve_jupyter.api import Hpcserve
 from hpcserve_jupyter.bench import (
@@ -114,15 +115,7 @@ def test_percentiles_and_summary():
 # --------------------------------------------------------------------------- with the model
 
 
-@pytest.fixture(scope="module")
-def hp(tmp_path_factory):
-    h = Hpcserve(home=tmp_path_factory.mktemp("bench-home"), poll_interval=0.5,
-                 target_configs={"local": {"kind": "local"}})
-    yield h
-    for s in h.sessions(live_only=True):
-        with contextlib.suppress(HpcserveError):
-            h.stop(s.id)
-    h.close()
+hp = facade_fixture(scope="module")
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import pytest
 
 from hpcserve_jupyter.errors import BadInput, NotFound
 from hpcserve_jupyter.recipes import Catalog
+from hpcserve_jupyter.resolve import resolve
 from hpcserve_jupyter.spec import (
     API_KEY,
     HOST,
@@ -14,7 +15,6 @@ from hpcserve_jupyter.spec import (
     render,
     render_argv,
     render_env,
-    resolve,
     resolve_model,
 )
 

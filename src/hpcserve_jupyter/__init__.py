@@ -5,7 +5,15 @@ Importing the package is cheap; the facade lives in `hpcserve_jupyter.api`. In I
 is the control panel (ipywidgets). Both import what they need only when used.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._version import __version__ as __version__  # re-exported: hpcserve_jupyter.__version__
+
+if TYPE_CHECKING:
+    from .facade import Facade
+    from .widgets import ControlPanel
 
 
 def _jupyter_server_extension_points() -> list[dict[str, object]]:
@@ -28,7 +36,7 @@ def unload_ipython_extension(ipython: object) -> None:
     unload(ipython)
 
 
-def panel(facade: object = None) -> object:
+def panel(facade: Facade | None = None) -> ControlPanel:
     """The control panel (ipywidgets) on `facade`, by default `api.default()`."""
     from .widgets import ControlPanel
 

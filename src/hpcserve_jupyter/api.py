@@ -1,8 +1,11 @@
-"""The facade every front end uses (CLI, magics, widgets, scripts).
+"""The embedded facade, and `default()`: the facade every front end uses (CLI, magics, widgets,
+scripts).
 
-Here the session manager runs embedded, in this process, on a private event loop thread, so
-blocking calls from a notebook or a script work and the monitor keeps ticking meanwhile.
-(The Jupyter server extension mode, behind the same API, comes with the server extension.)
+`Hpcserve` runs the session service (service.py) in this process, on a private event loop
+thread, so blocking calls from a notebook or a script work and the monitor keeps ticking
+meanwhile. Inside a kernel of a Jupyter server running the extension, `default()` returns the
+remote facade instead (remote.py): the same `Facade` protocol (facade.py), answered by the
+server's REST API over the server's one service.
 """
 
 from __future__ import annotations
@@ -11,17 +14,20 @@ import asyncio
 import atexit
 import contextlib
 import itertools
-import logging
-import queue as _queue
 import threading
-import time
-import weakref
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import HpcserveError
+from .events import Subscription, cancel_task, deliver, subscriptions_of
 from .prompting import Prompting, require_ready
-from .sessions import Session
+
+if TYPE_CHECKING:  # imported when first used: `import hpcserve_jupyter.api` stays fast (P5)
+    from .client import Client
+    from .facade import Facade, SecretField
+    from .manager import SessionManager
+    from .service import SessionService
+    from .sessions import Session
 
 T = TypeVar("T")
 
@@ -61,25 +67,31 @@ class _LoopThread:
 
 
 class Hpcserve(Prompting):
-    """One embedded manager and the calls front ends make on it."""
+    """The session service embedded in this process, driven by blocking calls."""
 
     def __init__(self, *, monitor: bool = True, **manager_kwargs: Any) -> None:
         from .manager import SessionManager
+        from .service import SessionService
 
         self._loop = _LoopThread()
         self._rr = itertools.count()
 
-        async def make() -> SessionManager:
-            mgr = SessionManager(**manager_kwargs)
-            await mgr.start(monitor=monitor)
-            return mgr
+        async def make() -> SessionService:
+            service = SessionService(SessionManager(**manager_kwargs))
+            await service.start(monitor=monitor)
+            return service
 
         try:
-            self.manager = self._loop.run(make())
+            self.service = self._loop.run(make())
         except BaseException:
             self._loop.stop()
             raise
         _close_at_exit(self)
+
+    @property
+    def manager(self) -> SessionManager:
+        """The manager under the service (tests and benchmarks look at its store)."""
+        return self.service.manager
 
     def close(self) -> None:
         """Stop the monitor, release connections and end the loop thread (sessions go on).
@@ -90,26 +102,36 @@ class Hpcserve(Prompting):
         if self._loop.stopped:
             return
         _open_facades.discard(self)
-        for sub in list(_subscriptions(self)):
+        for sub in list(subscriptions_of(self)):
             sub.close()
         try:
-            self._loop.run(self.manager.close(), timeout=30)
+            self._loop.run(self.service.close(), timeout=30)
         finally:
             self._loop.stop()
 
     # ------------------------------------------------------------------ catalog
 
     def recipes(self) -> list[dict[str, Any]]:
-        return [r.summary() for _, r in sorted(self.manager.catalog.recipes.items())]
+        return self.service.recipes()
 
     def recipe(self, name: str) -> dict[str, Any]:
-        return self.manager.catalog.get(name).model_dump()
+        return self.service.recipe(name)
 
     def recipe_errors(self) -> dict[str, str]:
-        return {str(p): str(e) for p, e in self.manager.catalog.errors.items()}
+        return self.service.recipe_errors()
 
     def targets(self) -> list[dict[str, Any]]:
-        return [self.manager.target(n).describe() for n in sorted(self.manager.target_configs)]
+        return self.service.targets()
+
+    def target_secrets(self, target: str) -> list[SecretField]:
+        """The secrets a target reads from environment variables, as front ends ask for them:
+        `[{"label", "env", "is_set"}]` (variable NAMES only; values never leave the process)."""
+        return self.service.target_secrets(target)
+
+    def set_target_secrets(self, target: str, values: dict[str, str]) -> None:
+        """Put secrets where `target` reads them: this process's environment (the embedded
+        manager runs here), under variable names that target_secrets(target) lists."""
+        self.service.set_target_secrets(target, values)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -117,7 +139,7 @@ class Hpcserve(Prompting):
                name: str | None = None, wait: bool = True, timeout: float | None = None,
                progress: Callable[[Session], None] | None = None, **overrides: Any) -> Session:
         """Launch `recipe` on target `on`; with wait=True return once it is ready (or ended)."""
-        session = self._loop.run(self.manager.launch(recipe, backend=backend, target=on,
+        session = self._loop.run(self.service.launch(recipe, backend=backend, target=on,
                                                      name=name, overrides=overrides))
         if wait:
             session = self.wait(session.id, timeout=timeout, progress=progress)
@@ -125,71 +147,69 @@ class Hpcserve(Prompting):
 
     def wait(self, key: str, *, timeout: float | None = None,
              progress: Callable[[Session], None] | None = None) -> Session:
-        return self._loop.run(self.manager.wait(key, timeout=timeout, progress=progress))
+        return self._loop.run(self.service.wait(key, timeout=timeout, progress=progress))
 
     def sessions(self, *, live_only: bool = False) -> list[Session]:
-        return self.manager.sessions(live_only=live_only)
+        return self.service.sessions(live_only=live_only)
 
     def status(self, key: str) -> Session:
-        return self.manager.get(key)
+        return self.service.get(key)
 
     def refresh(self) -> None:
         """One monitor pass now (the loop does this every poll interval anyway)."""
-        self._loop.run(self.manager.tick())
+        self._loop.run(self.service.refresh())
 
     def stop(self, key: str) -> Session:
-        return self._loop.run(self.manager.stop(key))
+        return self._loop.run(self.service.stop(key))
 
     def keepalive(self, key: str) -> Session:
-        return self.manager.keepalive(key)
+        return self.service.keepalive(key)
 
     def logs(self, key: str, tail: int | None = 100) -> str:
-        return self._loop.run(self.manager.logs(key, tail))
+        return self._loop.run(self.service.logs(key, tail))
 
     def follow_logs(self, key: str, *, from_start: bool = True) -> Iterator[str]:
-        return self._loop.iterate(self.manager.follow_logs(key, from_start=from_start))
+        return self._loop.iterate(self.service.follow_logs(key, from_start=from_start))
 
     def events(self, key: str | None = None) -> list[dict[str, Any]]:
-        sid = self.manager.get(key).id if key else None
-        return self.manager.events(sid)
+        return self.service.events(key)
 
     # ------------------------------------------------------------------ prompting
 
-    def client(self, key: str) -> tuple[Any, Session]:
+    def client(self, key: str) -> tuple[Client, Session]:
         """An OpenAI-compatible client for a ready session (round robin over its replicas)."""
         from .client import Client
 
-        session = self.manager.get(key)
+        session = self.service.get(key)
         require_ready(session)
         url = session.endpoints[next(self._rr) % len(session.endpoints)]
-        self.manager.touch(session.id)
-        return Client(url, api_key=self.manager.api_key(session)), session
+        self.service.touch(session.id)
+        return Client(url, api_key=self.service.api_key(session)), session
 
     def _answered(self, session: Session) -> None:
-        self.manager.touch(session.id)
+        self.service.touch(session.id)
 
     def watch(self, *, snapshot: bool = True) -> Subscription:
-        """Manager events as they happen, for a front end: iterate the subscription (or .get()).
+        """Service events as they happen, for a front end: iterate the subscription (or .get()).
 
         The first event is a `snapshot` of the live sessions (unless snapshot=False), then one
         `{"type": KIND, "session": {...public...}, "ts": ...}` per change, as the REST API's
         /events stream sends them. No polling: the manager pushes each event into the queue.
         """
         sub = Subscription()
-        manager = self.manager
+        service = self.service
 
         async def start() -> asyncio.Task[None]:
-            queue = manager.subscribe()  # subscribe, then snapshot, with no await between
+            queue = service.subscribe()  # subscribe, then snapshot, with no await between
             if snapshot:
-                sub.put({"type": "snapshot", "ts": time.time(),
-                         "sessions": [s.public() for s in manager.sessions(live_only=True)]})
+                sub.put(service.snapshot())
 
             async def pump() -> None:
                 try:
                     while True:
                         sub.put(await queue.get())
                 finally:
-                    manager.unsubscribe(queue)
+                    service.unsubscribe(queue)
 
             return asyncio.ensure_future(pump())
 
@@ -200,31 +220,20 @@ class Hpcserve(Prompting):
             loop = loop_thread.loop
             if not loop.is_running():
                 return
-            done = asyncio.run_coroutine_threadsafe(_cancel(task), loop)
+            done = asyncio.run_coroutine_threadsafe(cancel_task(task), loop)
             if threading.current_thread() is not loop_thread.thread:
                 with contextlib.suppress(Exception):
                     done.result(timeout=5)
 
         sub.on_close(release)
-        _subscriptions(self).add(sub)
+        subscriptions_of(self).add(sub)
         return sub
 
     def subscribe(self, callback: Callable[[dict[str, Any]], None], *,
                   snapshot: bool = True) -> Subscription:
-        """Call `callback(event)` for every manager event (see watch) on a dispatcher thread,
-        so the callback may call this facade; `.close()` on the result unsubscribes."""
+        """Call `callback(event)` for every event (see watch) on a dispatcher thread, so the
+        callback may call this facade; `.close()` on the result unsubscribes."""
         return deliver(self.watch(snapshot=snapshot), callback)
-
-    def target_secrets(self, target: str) -> list[dict[str, Any]]:
-        """The secrets a target reads from environment variables, as front ends ask for them:
-        `[{"label", "env", "is_set"}]` (variable NAMES only; values never leave the process)."""
-        tgt = self.manager.target(target)
-        return secret_fields(tgt.kind, getattr(tgt, "settings", None))
-
-    def set_target_secrets(self, target: str, values: dict[str, str]) -> None:
-        """Put secrets where `target` reads them: this process's environment (the embedded
-        manager runs here), under variable names that target_secrets(target) lists."""
-        apply_secrets(target, self.target_secrets(target), values)
 
 
 _default: Hpcserve | None = None
@@ -234,7 +243,7 @@ _open_facades: set[Hpcserve] = set()
 _exit_hook_registered = False
 
 
-def default() -> Any:
+def default() -> Facade:
     """The process-wide facade, created on first use and closed at exit.
 
     Inside a kernel of a Jupyter server that runs the hpcserve extension (or with
@@ -304,7 +313,7 @@ def _close_all() -> None:
             facade.close()
 
 
-def _remote_or_none() -> Any:
+def _remote_or_none() -> Facade | None:
     import os
 
     if os.environ.get("HPCSERVE_EMBEDDED") == "1":
@@ -381,137 +390,3 @@ def watch(*, snapshot: bool = True) -> Subscription:
 def subscribe(callback: Callable[[dict[str, Any]], None], *, snapshot: bool = True
               ) -> Subscription:
     return default().subscribe(callback, snapshot=snapshot)
-
-
-# ---------------------------------------------------------------------- event subscriptions
-
-_log = logging.getLogger(__name__)
-_CLOSED = object()
-
-
-class Subscription:
-    """Events handed from the facade's side (a loop thread, an HTTP stream) to a consumer thread.
-
-    Iterate it (ends when closed) or call `get(timeout)`; `close()` ends it and releases the
-    producer. Shared by the embedded and the remote facade.
-    """
-
-    def __init__(self) -> None:
-        self._queue: _queue.Queue[Any] = _queue.Queue()
-        self._closed = threading.Event()
-        self._on_close: list[Callable[[], Any]] = []
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
-
-    def put(self, event: dict[str, Any]) -> None:
-        if not self._closed.is_set():
-            self._queue.put(event)
-
-    def on_close(self, fn: Callable[[], Any]) -> None:
-        self._on_close.append(fn)
-
-    def get(self, timeout: float | None = None) -> dict[str, Any] | None:
-        """The next event; None after `timeout` seconds or once closed."""
-        try:
-            item = self._queue.get(timeout=timeout)
-        except _queue.Empty:
-            return None
-        if item is _CLOSED:
-            self._queue.put(_CLOSED)  # for any other reader
-            return None
-        return item
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        while True:
-            item = self.get()
-            if item is None:
-                return
-            yield item
-
-    def close(self) -> None:
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        self._queue.put(_CLOSED)
-        for fn in self._on_close:
-            with contextlib.suppress(Exception):
-                fn()
-
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def deliver(sub: Subscription, callback: Callable[[dict[str, Any]], None]) -> Subscription:
-    """Call `callback` for each event of `sub` on a daemon thread; a failing callback is logged
-    and does not end the subscription."""
-
-    def run() -> None:
-        for event in sub:
-            try:
-                callback(event)
-            except Exception:
-                _log.exception("hpcserve event callback failed")
-
-    threading.Thread(target=run, name="hpcserve-events", daemon=True).start()
-    return sub
-
-
-async def _cancel(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-def _subscriptions(owner: Any) -> weakref.WeakSet[Subscription]:
-    subs = owner.__dict__.get("_subscriptions")
-    if subs is None:
-        subs = owner.__dict__.setdefault("_subscriptions", weakref.WeakSet())
-    return subs
-
-
-# Settings fields that NAME an environment variable holding a secret, and how to ask for it.
-_SECRET_SETTINGS = (
-    ("key_passphrase_env", "SSH key passphrase"),
-    ("password_env", "Tapis password"),
-    ("token_env", "Tapis access token"),
-    ("hf_token_env", "Hugging Face token"),
-)
-
-
-def apply_secrets(target: str, fields: list[dict[str, Any]], values: dict[str, str]) -> None:
-    """Set secrets in this process's environment, only under the names `fields` allows (so a
-    front end cannot set arbitrary variables); empty values are ignored. Values are never
-    logged or echoed."""
-    import os
-
-    from .errors import BadInput
-
-    allowed = {f["env"] for f in fields}
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise BadInput(f"target {target!r} reads no secret from {', '.join(unknown)}",
-                       hint="its secrets: " + (", ".join(sorted(allowed)) or "none"))
-    os.environ.update({k: str(v) for k, v in values.items() if v})
-
-
-def secret_fields(kind: str, settings: Any) -> list[dict[str, Any]]:
-    """`[{"label", "env", "is_set"}]` for a target's settings object (names only, no values).
-
-    Local engines inherit this process's environment, so `HF_TOKEN` counts for them.
-    """
-    import os
-
-    fields: list[tuple[str, str]] = []
-    for attr, label in _SECRET_SETTINGS:
-        env = getattr(settings, attr, None)
-        if isinstance(env, str) and env:
-            fields.append((label, env))
-    if kind == "local":
-        fields.append(("Hugging Face token", "HF_TOKEN"))
-    return [{"label": label, "env": env, "is_set": bool(os.environ.get(env))}
-            for label, env in fields]

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ._version import __version__
 from .batch import check_ready, progress_bar
 from .errors import BadInput, HpcserveError
 
@@ -385,8 +386,6 @@ def run_bench(facade: Any, key: str, *, requests: int = 20, concurrency: int = 4
         pool.shutdown(wait=True)
         bar.close()
     duration = time.perf_counter() - t0
-
-    from . import __version__
 
     metrics = summarize(samples, duration)
     report = {

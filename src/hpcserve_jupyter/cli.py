@@ -1,4 +1,5 @@
-"""`hpcserve`: the command-line front end. Thin: every command calls the api facade.
+"""`hpcserve`: the command-line front end. Thin: every command calls the api facade and prints
+the shared text views (`views.py`, the same tables the magics show).
 
 Exit codes: 0 ok, 2 bad input (unknown names, invalid overrides), 1 any other failure.
 """
@@ -11,15 +12,20 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
-from .cmdargs import count_arg, launch_overrides, seconds_arg
+from . import views
+from .cmdargs import add_launch_arguments, count_arg, launch_overrides, seconds_arg
+
+if TYPE_CHECKING:
+    from .facade import Facade
+    from .sessions import Session
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage errors exit 2 with a short message
+    def error(self, message: str) -> NoReturn:  # usage errors exit 2 with a short message
         self.print_usage(sys.stderr)
         self.exit(EXIT_BAD_INPUT, f"hpcserve: error: {message}\n")
 
@@ -37,15 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true")
 
     la = sub.add_parser("launch", help="launch a recipe as a session")
-    la.add_argument("recipe")
-    la.add_argument("--backend", "-b", help="serving engine (default: the recipe's first)")
-    la.add_argument("--on", default="local", metavar="TARGET", help="target (default: local)")
-    la.add_argument("--name", help="session name (default: RECIPE-N)")
-    la.add_argument("--gpus", help="GPUs per node")
-    la.add_argument("--time", help="time limit, e.g. 30m, 2h, 1:30:00")
-    la.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a recipe field (repeatable): cpus=4, port=8000, "
-                    "engine_args.FLAG=V, env.NAME=V")
+    add_launch_arguments(la)
     la.add_argument("--wait", action="store_true", help="wait until the session is ready")
     la.add_argument("--timeout", type=seconds_arg, help="with --wait: give up after SECONDS")
     la.add_argument("--json", action="store_true")
@@ -108,29 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------- commands
 
 
-def _api() -> Any:
+def _api() -> Facade:
     from . import api
 
     return api.default()
 
 
-def _dump(data: Any) -> None:
+def _dump(data: object) -> None:
     print(json.dumps(data, indent=2, default=str))
-
-
-def _table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-    for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _age(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
@@ -148,9 +131,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     if args.json:
         _dump(recipes)
     else:
-        _table([[r["name"], r["category"], ",".join(r["backends"]), str(r["resources"]["gpus"]),
-                 r["description"]] for r in recipes],
-               ["NAME", "CATEGORY", "BACKENDS", "GPUS", "DESCRIPTION"])
+        print(views.recipes_table(recipes).grid())
     for err in api.recipe_errors().values():
         print(f"hpcserve: warning: skipped a broken recipe: {err}", file=sys.stderr)
     return EXIT_OK
@@ -161,21 +142,20 @@ def cmd_targets(args: argparse.Namespace) -> int:
     if args.json:
         _dump(targets)
     else:
-        _table([[t["name"], t["kind"], ",".join(map(str, t.get("gpus", []))) or "-"]
-                for t in targets], ["NAME", "KIND", "GPUS"])
+        print(views.targets_table(targets, where=False).grid())
     return EXIT_OK
 
 
 class Progress:
     """Prints a line whenever the session's state or reason changes, with the elapsed time."""
 
-    def __init__(self, stream: Any = None) -> None:
+    def __init__(self, stream: TextIO | None = None) -> None:
         self.start = time.monotonic()
         self.last: tuple[str, str] | None = None
         # sys.stderr as it is when used, not at import (redirect_stderr, pytest's capture)
         self.stream = stream if stream is not None else sys.stderr
 
-    def __call__(self, session: Any) -> None:
+    def __call__(self, session: Session) -> None:
         key = (str(session.state), session.reason)
         if key != self.last:
             self.last = key
@@ -187,8 +167,10 @@ class Progress:
 def cmd_launch(args: argparse.Namespace) -> int:
     backend, overrides = launch_overrides(args)
     api = _api()
+    # the overrides hold no name of launch()'s own arguments (launch_overrides
+    # refuses them), which a type checker cannot see
     session = api.launch(args.recipe, backend=backend, on=args.on, name=args.name,
-                         wait=False, **overrides)
+                         wait=False, **overrides)  # type: ignore[arg-type]
     print(f"launched {session.name} (id {session.id}) on {session.target}", file=sys.stderr)
     if args.wait:
         session = api.wait(session.id, timeout=args.timeout, progress=Progress())
@@ -202,7 +184,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_failure(session: Any) -> None:
+def _print_failure(session: Session) -> None:
     print(f"hpcserve: session {session.name} {session.state}: {session.reason}", file=sys.stderr)
     if session.log_tail:
         print("--- last lines of the engine log ---", file=sys.stderr)
@@ -216,16 +198,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.json:
             _dump(session.public())
         else:
-            info = session.public()
-            for key in ("id", "name", "recipe", "backend", "target", "state", "reason", "model",
-                        "endpoints", "owner"):
-                print(f"{key:10} {info[key]}")
-            print(f"{'age':10} {_age(info['age_s'])}")
-            if session.unreachable:
-                print(f"{'note':10} the target is unreachable; state as last seen")
-            if session.log_tail and session.state.terminal:
-                print("--- last lines of the engine log ---")
-                print(session.log_tail)
+            print(views.SessionDetail(session).text())
         return EXIT_OK
     sessions = api.sessions(live_only=not args.all)
     if args.json:
@@ -234,12 +207,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not sessions:
         print("no live sessions (hpcserve status --all lists ended ones)", file=sys.stderr)
         return EXIT_OK
-    now = time.time()
-    _table([[s.id, s.name, s.recipe, s.backend, s.target,
-             str(s.state) + (" (unreachable)" if s.unreachable else ""),
-             _age(now - s.created_at), s.endpoints[0] if s.endpoints else "-"]
-            for s in sessions],
-           ["ID", "NAME", "RECIPE", "BACKEND", "TARGET", "STATE", "AGE", "ENDPOINT"])
+    print(views.SessionList(sessions).text())
     return EXIT_OK
 
 
@@ -254,16 +222,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _params(args: argparse.Namespace) -> dict[str, Any]:
-    params: dict[str, Any] = {"max_tokens": args.max_tokens}
-    if getattr(args, "temperature", None) is not None:
-        params["temperature"] = args.temperature
+def _params(max_tokens: int, temperature: float | None = None) -> dict[str, object]:
+    params: dict[str, object] = {"max_tokens": max_tokens}
+    if temperature is not None:
+        params["temperature"] = temperature
     return params
 
 
 def cmd_prompt(args: argparse.Namespace) -> int:
     for delta in _api().stream(args.id, " ".join(args.text), system=args.system,
-                               **_params(args)):
+                               **_params(args.max_tokens, args.temperature)):
         sys.stdout.write(delta)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -291,7 +259,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
             break
         history.append({"role": "user", "content": line})
         answer = []
-        for delta in api.stream(args.id, history, system=args.system, **_params(args)):
+        for delta in api.stream(args.id, history, system=args.system,
+                                **_params(args.max_tokens)):
             answer.append(delta)
             sys.stdout.write(delta)
             sys.stdout.flush()

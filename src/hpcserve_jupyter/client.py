@@ -8,6 +8,7 @@ one that closes before either was cut short, which is an error rather than a sho
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -16,6 +17,7 @@ import httpx
 from httpx_sse import aconnect_sse, connect_sse
 
 from .errors import EngineError, NotReady
+from .httperrors import error_of, response_error, unreachable_on_http_error
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=30.0, pool=30.0)
 
@@ -27,33 +29,19 @@ def _messages(prompt: str | list[dict[str, Any]], system: str | None) -> list[di
     return msgs
 
 
-def _error_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except (ValueError, json.JSONDecodeError):
-        text = response.text.strip()
-        return text[:500] or response.reason_phrase
-    err = body.get("error", body) if isinstance(body, dict) else body
-    if isinstance(err, dict):
-        return str(err.get("message") or err.get("detail") or err)
-    if isinstance(body, dict) and "detail" in body:
-        return str(body["detail"])
-    return str(err)
-
-
 def _raise_for(response: httpx.Response) -> None:
     if response.status_code >= 400:
-        if response.is_stream_consumed is False:
-            response.read()
-        raise EngineError(f"the engine answered {response.status_code}: "
-                          f"{_error_message(response)}", status_code=response.status_code)
+        err = response_error(response)
+        hint = f" ({err.hint})" if err.hint else ""
+        raise EngineError(f"the engine answered {response.status_code}: {err.message}{hint}",
+                          status_code=response.status_code)
 
 
 def _delta(event_data: str, chat: bool) -> tuple[str, bool]:
     """The text of one stream event, and whether it finishes the answer (finish_reason)."""
     payload = json.loads(event_data)
     if "error" in payload:
-        raise EngineError(f"the engine reported: {_error_message_from(payload)}")
+        raise EngineError(f"the engine reported: {error_of(payload).message}")
     choices = payload.get("choices") or []
     if not choices:
         return "", False
@@ -67,11 +55,6 @@ def _delta(event_data: str, chat: bool) -> tuple[str, bool]:
 def _cut_short() -> EngineError:
     return EngineError("the engine closed the stream before the answer was finished "
                        "(no finish_reason and no [DONE])")
-
-
-def _error_message_from(payload: dict[str, Any]) -> str:
-    err = payload.get("error")
-    return str(err.get("message", err)) if isinstance(err, dict) else str(err)
 
 
 class _Base:
@@ -93,9 +76,9 @@ class _Base:
                    params: dict[str, Any]) -> dict[str, Any]:
         return {"model": model, "messages": _messages(prompt, system), "stream": stream, **params}
 
-    def _unreachable(self, exc: httpx.HTTPError) -> NotReady:
-        return NotReady(f"cannot reach the engine at {self.base_url}: {exc.__class__.__name__}"
-                        f"{': ' + str(exc) if str(exc) else ''}")
+    def _unreachable(self) -> contextlib.AbstractContextManager[None]:
+        """A connection failure inside the block: NotReady, naming the engine's URL."""
+        return unreachable_on_http_error(f"the engine at {self.base_url}", NotReady)
 
 
 class Client(_Base):
@@ -115,18 +98,14 @@ class Client(_Base):
         self.close()
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
+        with self._unreachable():
             response = self._http.post(self._url(path), json=body)
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
         _raise_for(response)
         return response.json()
 
     def models(self) -> list[str]:
-        try:
+        with self._unreachable():
             response = self._http.get(self._url("models"))
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
         _raise_for(response)
         return [m["id"] for m in response.json().get("data", [])]
 
@@ -154,19 +133,17 @@ class Client(_Base):
         yield from self._stream("completions", body, chat=False)
 
     def _stream(self, path: str, body: dict[str, Any], chat: bool) -> Iterator[str]:
-        try:
-            with connect_sse(self._http, "POST", self._url(path), json=body) as source:
-                _raise_for(source.response)
-                finished = False
-                for event in source.iter_sse():
-                    if event.data.strip() == "[DONE]":
-                        return
-                    text, done = _delta(event.data, chat)
-                    finished = finished or done
-                    if text:
-                        yield text
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
+        with (self._unreachable(),
+              connect_sse(self._http, "POST", self._url(path), json=body) as source):
+            _raise_for(source.response)
+            finished = False
+            for event in source.iter_sse():
+                if event.data.strip() == "[DONE]":
+                    return
+                text, done = _delta(event.data, chat)
+                finished = finished or done
+                if text:
+                    yield text
         if not finished:
             raise _cut_short()
 
@@ -188,18 +165,14 @@ class AsyncClient(_Base):
         await self.aclose()
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
+        with self._unreachable():
             response = await self._http.post(self._url(path), json=body)
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
         _raise_for(response)
         return response.json()
 
     async def models(self) -> list[str]:
-        try:
+        with self._unreachable():
             response = await self._http.get(self._url("models"))
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
         _raise_for(response)
         return [m["id"] for m in response.json().get("data", [])]
 
@@ -223,7 +196,7 @@ class AsyncClient(_Base):
             yield text
 
     async def _stream(self, path: str, body: dict[str, Any], chat: bool) -> AsyncIterator[str]:
-        try:
+        with self._unreachable():
             async with aconnect_sse(self._http, "POST", self._url(path), json=body) as source:
                 if source.response.status_code >= 400:
                     await source.response.aread()
@@ -236,7 +209,5 @@ class AsyncClient(_Base):
                     finished = finished or done
                     if text:
                         yield text
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
         if not finished:
             raise _cut_short()

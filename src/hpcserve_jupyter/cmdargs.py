@@ -1,5 +1,6 @@
-"""The words of a command line shared by the `hpcserve` CLI and the `%serve` magics: `--set`
-pairs, the launch options that are no recipe override, and argparse types for numbers.
+"""The words of a command line shared by the `hpcserve` CLI and the `%serve` magics: a launch's
+arguments, `--set` pairs, the launch options that are no recipe override, and argparse types for
+numbers.
 
 No front end itself: both parse with argparse and hand the result to the api facade.
 """
@@ -22,6 +23,21 @@ def parse_sets(pairs: Sequence[str]) -> dict[str, str]:
                            hint="for example --set engine_args.n_ctx=4096 or --set env.HF_HOME=/x")
         out[key.strip()] = value
     return out
+
+
+def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `hpcserve launch` and `%serve launch` both take (read by `launch_overrides`); each
+    front end adds its own way of waiting."""
+    parser.add_argument("recipe")
+    parser.add_argument("--backend", "-b", help="serving engine (default: the recipe's first)")
+    parser.add_argument("--on", default="local", metavar="TARGET",
+                        help="target (default: local)")
+    parser.add_argument("--name", help="session name (default: RECIPE-N)")
+    parser.add_argument("--gpus", help="GPUs per node")
+    parser.add_argument("--time", help="time limit, e.g. 30m, 2h, 1:30:00")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe field (repeatable): cpus=4, port=8000, "
+                        "engine_args.FLAG=V, env.NAME=V")
 
 
 # Options of a launch that are no recipe override: `--set` must not reach the facade's launch()

@@ -21,13 +21,14 @@ from typing import Any
 
 import httpx
 
-from . import paths
+from . import health, paths
 from .errors import BadInput, HpcserveError, LaunchError, NotFound, NotReady, TargetUnreachable
 from .monitorlock import MonitorLock
 from .recipes import Catalog
+from .resolve import LaunchDefaults, resolve
 from .secrets import master_key, redact, session_api_key
 from .sessions import NAME_PATTERN, Session, State
-from .spec import ServeSpec, resolve
+from .spec import ServeSpec
 from .store import StaleSession, Store
 from .targets import load_target_configs, make_target
 from .targets.base import LaunchRequest, Phase, Target, TargetStatus
@@ -39,7 +40,7 @@ class SessionManager:
     def __init__(self, home: Path | None = None, *, catalog: Catalog | None = None,
                  target_configs: dict[str, dict[str, Any]] | None = None,
                  poll_interval: float = 2.0, start_timeout: float = 1800.0,
-                 default_idle_timeout: int | None = None, owner: str | None = None,
+                 defaults: LaunchDefaults | None = None, owner: str | None = None,
                  launch_grace: float = 60.0) -> None:
         self.home = home or paths.home()
         self.store = Store(self.home / "sessions.db")
@@ -50,7 +51,7 @@ class SessionManager:
         self._targets: dict[str, Target] = {}
         self.poll_interval = poll_interval
         self.start_timeout = start_timeout
-        self.default_idle_timeout = default_idle_timeout
+        self.defaults = defaults or LaunchDefaults()
         self.launch_grace = launch_grace  # after this, a launch without handle was interrupted
         self.owner = owner or _whoami()
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
@@ -162,7 +163,7 @@ class SessionManager:
     # ------------------------------------------------------------------ launch
 
     def resolve(self, recipe: str, backend: str | None, overrides: Mapping[str, Any]) -> ServeSpec:
-        return resolve(recipe, backend, overrides, catalog=self.catalog)
+        return resolve(recipe, backend, overrides, catalog=self.catalog, defaults=self.defaults)
 
     def _new_name(self, recipe: str) -> str:
         taken = set(self.store.names_like(recipe))
@@ -194,9 +195,8 @@ class SessionManager:
             id=_random.token_hex(4), name=name or self._new_name(spec.recipe),
             recipe=spec.recipe, backend=spec.backend, target=target, spec=spec.to_dict(),
             model=spec.served_model_name, api_flavour=spec.api_flavour,
-            idle_timeout_s=spec.idle_timeout_s if self.default_idle_timeout is None
-            or "idle_timeout" in overrides else self.default_idle_timeout,
-            max_lifetime_s=spec.max_lifetime_s, owner=owner or self.owner)
+            idle_timeout_s=spec.idle_timeout_s, max_lifetime_s=spec.max_lifetime_s,
+            owner=owner or self.owner)
         self.store.insert(session, "created", f"{spec.recipe} with {spec.backend} on {target}")
         self._publish(session, "created")
         siblings = tuple(s.handle for s in self.store.all(live_only=True)
@@ -392,8 +392,8 @@ class SessionManager:
         so nothing is left running unknown. A target that cannot be asked is retried."""
         lost = "the launch did not complete (manager stopped during launch)"
         try:
-            adopt = getattr(self.target(s.target), "adopt", None)
-            handle = await adopt(s.id, s.name) if adopt else None
+            target = self.target(s.target)
+            handle = await target.adopt(s.id, s.name) if target.can_adopt else None
         except TargetUnreachable as exc:
             if not s.unreachable:
                 s.unreachable = True
@@ -408,7 +408,7 @@ class SessionManager:
             self._write(s, "adopted", "found running after an interrupted launch")
             self.wake()
         else:
-            self._set(s, State.FAILED, lost + ("; nothing of it runs" if adopt else ""),
+            self._set(s, State.FAILED, lost + ("; nothing of it runs" if target.can_adopt else ""),
                       event="launch-lost")
 
     async def _poll_target(self, target_name: str, sessions: list[Session]) -> None:
@@ -492,17 +492,13 @@ class SessionManager:
             await self._autostop(s, now)
 
     async def _healthy(self, s: Session) -> bool:
+        """Every replica answers its health check (one probe each, in turn)."""
         if not s.endpoints:
             return False
-        path = s.spec.get("health_path", "/health")
-        headers = {"Authorization": f"Bearer {self.api_key(s)}"}
-        try:
-            for url in s.endpoints:
-                r = await self._client().get(url + path, headers=headers)
-                if r.status_code >= 400:
-                    return False
-        except httpx.HTTPError:
-            return False
+        path, key = s.spec.get("health_path", "/health"), self.api_key(s)
+        for url in s.endpoints:
+            if not await health.answers(self._client(), url, path, key):
+                return False
         return True
 
     async def _autostop(self, s: Session, now: float) -> None:

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import NotReady
 from .sessions import Session, State
+
+if TYPE_CHECKING:
+    from .client import Client
 
 
 def require_ready(session: Session) -> None:
@@ -21,7 +24,7 @@ def require_ready(session: Session) -> None:
 
 
 class Prompting:
-    def client(self, key: str) -> tuple[Any, Session]:
+    def client(self, key: str) -> tuple[Client, Session]:
         """An OpenAI-compatible client for a ready session, and the session."""
         raise NotImplementedError
 

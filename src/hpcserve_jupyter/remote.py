@@ -1,4 +1,4 @@
-"""The facade over HTTP: the same calls as `hpcserve_jupyter.api.Hpcserve`, answered by the
+"""The facade over HTTP: the calls of the `Facade` protocol (facade.py), answered by the
 Jupyter server extension's REST API (and its proxy for prompts), so a notebook kernel shares the
 one session manager its Jupyter server hosts.
 
@@ -23,10 +23,12 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
+from httpx_sse import connect_sse
 
+from .client import Client
 from .errors import (
     BadInput,
     EngineError,
@@ -36,13 +38,15 @@ from .errors import (
     NotReady,
     TargetUnreachable,
 )
+from .events import Subscription, deliver
+from .facade import SecretField
+from .httperrors import response_error, unreachable, unreachable_on_http_error
 from .prompting import Prompting, require_ready
 from .sessions import Session, State
 
-if TYPE_CHECKING:
-    from .api import Subscription
-
 API = "hpcserve/api"
+_UNREACHABLE_HINT = "is it running? (HPCSERVE_SERVER_URL)"
+REPOLL = 60.0  # seconds without news before `wait` asks for the session's state again
 _KINDS: dict[str, type[HpcserveError]] = {
     "BadInput": BadInput, "NotFound": NotFound, "RecipeError": BadInput, "NotReady": NotReady,
     "InvalidTransition": NotReady, "EngineError": EngineError, "LaunchError": LaunchError,
@@ -61,20 +65,14 @@ class ServerInfo:
 
 
 def _error_from(response: httpx.Response) -> HpcserveError:
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    err = body.get("error") if isinstance(body, dict) else None
-    if isinstance(err, dict):  # the gateway's OpenAI-shaped errors
-        body, err = err, err.get("message")
-    message = str(err or response.text[:300] or response.reason_phrase)
-    hint = body.get("detail") if isinstance(body, dict) else None
+    """The server's error answer as the error class it named (else one fitting its status)."""
     status = response.status_code
     if status in (401, 403):
         return HpcserveError(f"the Jupyter server refused the request ({status})",
                              hint="check the token (HPCSERVE_SERVER_TOKEN)")
-    kind = _KINDS.get(str(body.get("type"))) if isinstance(body, dict) else None
+    err = response_error(response)
+    message, hint = err.message, err.hint
+    kind = _KINDS.get(err.kind or "")
     if kind is EngineError:
         return EngineError(message, status_code=status)
     if kind is not None:
@@ -126,20 +124,18 @@ class RemoteHpcserve(Prompting):
         return self.base_url + "/".join([API, *(urllib.parse.quote(p, safe="") for p in parts)])
 
     def _call(self, method: str, *parts: str, **kwargs: Any) -> Any:
-        try:
+        with self._unreachable():
             response = self._http.request(method, self._url(*parts), **kwargs)
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
         if response.status_code >= 400:
             raise _error_from(response)
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.text
 
-    def _unreachable(self, exc: Exception) -> HpcserveError:
-        return TargetUnreachable(f"cannot reach the Jupyter server at {self.base_url}: "
-                                 f"{type(exc).__name__}{': ' + str(exc) if str(exc) else ''}",
-                                 hint="is it running? (HPCSERVE_SERVER_URL)")
+    def _unreachable(self) -> contextlib.AbstractContextManager[None]:
+        """A connection failure inside the block: TargetUnreachable, naming the server."""
+        return unreachable_on_http_error(f"the Jupyter server at {self.base_url}",
+                                         hint=_UNREACHABLE_HINT)
 
     # ------------------------------------------------------------------ catalog
 
@@ -173,46 +169,42 @@ class RemoteHpcserve(Prompting):
         """Until the session is ready (or ends), following the server's event stream."""
         deadline = None if timeout is None else time.monotonic() + timeout
         session = self.status(key)
-        while True:
-            if progress:
-                progress(session)
-            if session.state == State.READY or session.state.terminal:
-                return session
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise NotReady(f"session {session.name} is still {session.state} after "
-                               f"{timeout:.0f} s", hint="wait longer, or check its logs")
-            try:
-                session = self._next_change(session, left)
-            except httpx.TimeoutException:
-                session = self.status(session.id)
-            except httpx.HTTPError as exc:
-                raise self._unreachable(exc) from None
+        sub: Subscription | None = None
+        try:
+            while True:
+                if progress:
+                    progress(session)
+                if session.state == State.READY or session.state.terminal:
+                    return session
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise NotReady(f"session {session.name} is still {session.state} after "
+                                   f"{timeout:.0f} s", hint="wait longer, or check its logs")
+                if sub is None or sub.closed:  # (re)subscribe, then look: nothing is missed
+                    sub = self.watch(snapshot=False)
+                    current = self.status(session.id)
+                    if current.state != session.state:
+                        session = current
+                        continue
+                session = self._next_change(sub, session, left)
+        finally:
+            if sub is not None:
+                sub.close()
 
-    def _next_change(self, session: Session, left: float | None) -> Session:
-        """The session after its next state change (or when `left` seconds have passed)."""
-        read = 60.0 if left is None else max(0.05, min(left, 60.0))
-        timeout = httpx.Timeout(read, connect=10.0)
-        until = None if left is None else time.monotonic() + left
-        with self._http.stream("GET", self._url("events"), timeout=timeout) as response:
-            if response.status_code >= 400:
-                response.read()
-                raise _error_from(response)
-            current = self.status(session.id)  # subscribed: nothing can be missed now
-            if current.state != session.state:
-                return current
-            for data in _sse_data(response.iter_lines(), until):
-                if data is None:
-                    break  # keepalive past the deadline
-                event = json.loads(data)
-                found = event.get("session")
-                if event.get("type") == "snapshot":
-                    found = next((s for s in event.get("sessions", [])
-                                  if s.get("id") == session.id), None)
-                if found and found.get("id") == session.id:
-                    changed = Session.from_dict(found)
-                    if changed.state != session.state:
-                        return changed
+    def _next_change(self, sub: Subscription, session: Session, left: float | None) -> Session:
+        """The session after its next state change in `sub`, else as it is once `left` seconds
+        (at most REPOLL) have passed or the stream has ended. The deadline is the wait for the
+        next event, not the stream's read timeout, which the server's keepalives would reset."""
+        until = time.monotonic() + (REPOLL if left is None else min(left, REPOLL))
+        while (remaining := until - time.monotonic()) > 0:
+            event = sub.get(timeout=remaining)
+            if event is None:
+                break  # time is up, or the stream ended (the caller subscribes again)
+            found = event.get("session")
+            if found and found.get("id") == session.id:
+                changed = Session.from_dict(found)
+                if changed.state != session.state:
+                    return changed
         return self.status(session.id)
 
     def sessions(self, *, live_only: bool = False) -> list[Session]:
@@ -238,15 +230,12 @@ class RemoteHpcserve(Prompting):
     def follow_logs(self, key: str, *, from_start: bool = True) -> Iterator[str]:
         params = {"follow": "1", "from_start": "1" if from_start else "0"}
         timeout = httpx.Timeout(None, connect=10.0)
-        try:
-            with self._http.stream("GET", self._url("sessions", key, "logs"), params=params,
-                                   timeout=timeout) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise _error_from(response)
-                yield from response.iter_text()
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
+        with (self._unreachable(),
+              self._http.stream("GET", self._url("sessions", key, "logs"), params=params,
+                                timeout=timeout) as response):
+            if response.status_code >= 400:
+                raise _error_from(response)
+            yield from response.iter_text()
 
     def events(self, key: str | None = None) -> list[dict[str, Any]]:
         params = {"session": key} if key else {}
@@ -257,8 +246,6 @@ class RemoteHpcserve(Prompting):
     def watch(self, *, snapshot: bool = True) -> Subscription:
         """Manager events as they happen (the server's event stream): a `snapshot` of the live
         sessions first (unless snapshot=False), then one event per change."""
-        from .api import Subscription
-
         sub = Subscription()
         opened = threading.Event()
         holder: dict[str, Any] = {}
@@ -266,22 +253,24 @@ class RemoteHpcserve(Prompting):
         def pump() -> None:
             timeout = httpx.Timeout(None, connect=10.0)
             try:
-                with self._http.stream("GET", self._url("events"), timeout=timeout) as r:
-                    holder["response"] = r
+                with connect_sse(self._http, "GET", self._url("events"), timeout=timeout) as src:
+                    holder["response"] = src.response
+                    if src.response.status_code >= 400:
+                        holder["error"] = _error_from(src.response)
+                        return  # (opened, finally: after the error is there to raise)
                     opened.set()
-                    if r.status_code >= 400:
-                        r.read()
-                        holder["error"] = _error_from(r)
-                        return
-                    for data in _sse_data(r.iter_lines(), None):
+                    for sse in src.iter_sse():
                         if sub.closed:
                             return
-                        event = json.loads(data or "{}")
+                        if not sse.data:  # e.g. the `retry:` line: no event
+                            continue
+                        event = json.loads(sse.data)
                         if event.get("type") == "snapshot" and not snapshot:
                             continue
                         sub.put(event)
-            except (httpx.HTTPError, OSError, RuntimeError) as exc:
-                holder.setdefault("error", self._unreachable(exc))
+            except (httpx.HTTPError, OSError, RuntimeError) as exc:  # closed under it, too
+                holder.setdefault("error", unreachable(f"the Jupyter server at {self.base_url}",
+                                                       exc, hint=_UNREACHABLE_HINT))
             finally:
                 opened.set()
                 sub.close()
@@ -303,8 +292,6 @@ class RemoteHpcserve(Prompting):
                   snapshot: bool = True) -> Subscription:
         """Call `callback(event)` for every event (see watch) on a dispatcher thread;
         `.close()` on the result unsubscribes."""
-        from .api import deliver
-
         return deliver(self.watch(snapshot=snapshot), callback)
 
     def set_target_secrets(self, target: str, values: dict[str, str]) -> None:
@@ -312,38 +299,19 @@ class RemoteHpcserve(Prompting):
         kernel's environment would not reach them); only names target_secrets lists."""
         self._call("PUT", "targets", target, "secrets", json=dict(values))
 
-    def target_secrets(self, target: str) -> list[dict[str, Any]]:
+    def target_secrets(self, target: str) -> list[SecretField]:
         """The secrets a target reads from environment variables, as front ends ask for them:
         `[{"label", "env", "is_set"}]` (names only; `is_set` in the server's environment)."""
         return self._call("GET", "targets", target, "secrets")["secrets"]
 
     # ------------------------------------------------------------------ prompting
 
-    def client(self, key: str) -> tuple[Any, Session]:
+    def client(self, key: str) -> tuple[Client, Session]:
         """An OpenAI-compatible client for a ready session, through the server's proxy."""
-        from .client import Client
-
         session = self.status(key)
         require_ready(session)
         url = f"{self.base_url}hpcserve/proxy/{session.id}"
         return Client(url, api_key=self.token or None), session
-
-def _sse_data(lines: Iterator[str], until: float | None) -> Iterator[str | None]:
-    """`data` of each server-sent event; None once `until` has passed (seen at a keepalive)."""
-    data: list[str] = []
-    for line in lines:
-        if line.startswith(":"):
-            if until is not None and time.monotonic() >= until:
-                yield None
-            continue
-        if not line.strip():
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        field, _, value = line.partition(":")
-        if field == "data":
-            data.append(value[1:] if value.startswith(" ") else value)
 
 
 # ---------------------------------------------------------------------- finding the server

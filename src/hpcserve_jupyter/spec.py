@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInput, NotFound, close_matches, shown
+from .errors import BadInput, shown
 
 # Placeholders a target substitutes in argv and env values.
 PORT = "{HPCSERVE_PORT}"
@@ -51,6 +51,8 @@ class ServeSpec:
     max_lifetime_s: int | None
     uses_api_key: bool = False
     extra: tuple[tuple[str, str], ...] = field(default=())
+    # How a replica spanning nodes is started (the backend's declaration); None: it spans none.
+    multinode: MultiNode | None = None
 
     def env_dict(self) -> dict[str, str]:
         return dict(self.env)
@@ -65,7 +67,48 @@ class ServeSpec:
             known[key] = tuple(known.get(key, ()))
         for key in ("env", "secret_env", "extra"):
             known[key] = tuple(tuple(p) for p in known.get(key, ()))
+        if known.get("multinode") is not None:
+            known["multinode"] = MultiNode.from_dict(known["multinode"])
         return cls(**known)
+
+
+# Placeholders of MultiNode.node_args, filled in by the target on each node.
+NNODES = "{HPCSERVE_NNODES}"  # how many nodes the replica spans
+NODE_RANK = "{HPCSERVE_NODE_RANK}"  # this node's rank, 0 on the first (head) node
+HEAD_ADDR = "{HPCSERVE_HEAD_ADDR}"  # the head node's address, as the other nodes reach it
+DIST_PORT = "{HPCSERVE_DIST_PORT}"  # a free port on the head for the engine's rendezvous
+MULTINODE_MODES = ("none", "ray", "per-node", "mpi")
+
+
+@dataclass(frozen=True)
+class MultiNode:
+    """How an engine runs ONE replica over several nodes: declared by its backend as data, so a
+    target acts on it without knowing the engine.
+
+    - `ray`: a Ray cluster (head on the first node, a worker on each other); the engine starts
+      once, on the head, and places its workers through Ray.
+    - `per-node`: the engine starts on every node, with `node_args` appended; their placeholders
+      (NNODES, NODE_RANK, HEAD_ADDR, DIST_PORT) give each node its rank and the rendezvous.
+    - `mpi`: the engine starts as one MPI world, a rank per GPU on every node, behind `launcher`.
+    - `none`: the engine cannot span nodes (resolve refuses such a replica).
+    The first node serves HTTP in every mode. `note` says why, for readers of the job script.
+    """
+
+    mode: str = "none"
+    node_args: tuple[str, ...] = ()
+    launcher: tuple[str, ...] = ()
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MULTINODE_MODES:
+            raise ValueError(f"multi-node mode {self.mode!r} is none of {MULTINODE_MODES}")
+        if not self.note.isprintable():  # it becomes a comment line of a job script
+            raise ValueError("a multi-node note must be one printable line")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MultiNode:
+        return cls(mode=data.get("mode", "none"), node_args=tuple(data.get("node_args", ())),
+                   launcher=tuple(data.get("launcher", ())), note=data.get("note", ""))
 
 
 def render(template: str, values: Mapping[str, str]) -> str:
@@ -147,62 +190,3 @@ def resolve_model(ref: str | None, hint: str | None = None) -> str | None:
             return str(candidate)
     raise BadInput(f"package {module!r} is installed but has no file {rel!r}",
                    hint=hint or "check the recipe's model path")
-
-
-def resolve(recipe_name: str, backend: str | None = None,
-            overrides: Mapping[str, Any] | None = None, *, catalog: Any = None) -> ServeSpec:
-    """Recipe + backend + overrides -> ServeSpec, or a BadInput saying what to change."""
-    from .backends import Context, backend_names, get_backend
-    from .durations import parse_duration
-    from .recipes import Catalog, apply_overrides
-
-    catalog = catalog or Catalog()
-    recipe = catalog.get(recipe_name)
-    overrides = dict(overrides or {})
-    backend = overrides.pop("backend", None) or backend or recipe.default_backend
-    if backend not in backend_names():
-        raise NotFound(f"unknown backend {backend!r}", hint=close_matches(backend, backend_names()))
-    if backend not in recipe.backends:
-        raise BadInput(f"recipe {recipe.name!r} does not support backend {backend!r}",
-                       hint="it supports: " + ", ".join(recipe.backends))
-    if overrides:
-        recipe = apply_overrides(recipe, overrides, backend)
-    engine = get_backend(backend)
-    if recipe.category not in engine.categories:
-        raise BadInput(f"backend {backend!r} serves {sorted(engine.categories)}, "
-                       f"not {recipe.category!r}")
-    model = resolve_model(recipe.model, recipe.model_install_hint)
-    replicas = recipe.replica_count
-    total_gpus = recipe.resources.gpus * recipe.resources.nodes
-    gpr = recipe.replicas.gpu_per_replica or (total_gpus // replicas if total_gpus else 0)
-    spans_nodes = gpr > recipe.resources.gpus
-    # A replica inside one node splits its model over its GPUs (tensor parallel); one that spans
-    # nodes splits over each node's GPUs and pipelines across the nodes.
-    tp = max(1, recipe.resources.gpus if spans_nodes else gpr)
-    pp = recipe.resources.nodes if spans_nodes else 1
-    served = recipe.served_model_name or recipe.name
-    ctx = Context(recipe=recipe, model=model, served_model_name=served,
-                  tensor_parallel=tp, pipeline_parallel=pp)
-    argv = tuple(engine.argv(ctx))
-    env = {**engine.env(ctx), **recipe.env}
-    served = engine.served_name(ctx)  # engines that cannot rename their model serve their own
-
-    def seconds(v: Any, default: int) -> int | None:
-        if v in (0, "0", "off", "none"):
-            return None
-        return parse_duration(v) if v is not None else default
-
-    return ServeSpec(
-        recipe=recipe.name, backend=backend, category=recipe.category, model=model,
-        served_model_name=served, argv=argv, env=tuple(sorted(env.items())),
-        secret_env=tuple(engine.secret_env()), health_path=recipe.health_path
-        or engine.health_path, api_flavour=engine.api_flavour, nodes=recipe.resources.nodes,
-        gpus=recipe.resources.gpus, gpu_class=recipe.resources.gpu_class,
-        cpus=recipe.resources.cpus, memory_mb=recipe.resources.memory_mb,
-        time_s=recipe.resources.time_s, replicas=replicas, gpus_per_replica=gpr,
-        tensor_parallel=tp, base_port=recipe.replicas.base_port,
-        image=recipe.images.get(backend) or engine.default_image,
-        idle_timeout_s=seconds(recipe.idle_timeout, 3600),
-        max_lifetime_s=seconds(recipe.max_lifetime, recipe.resources.time_s),
-        uses_api_key=engine.supports_api_key,
-    )

@@ -12,7 +12,8 @@ import yaml
 
 from hpcserve_jupyter.backends import Context, get_backend
 from hpcserve_jupyter.recipes import Catalog, Recipe
-from hpcserve_jupyter.spec import ServeSpec, resolve
+from hpcserve_jupyter.resolve import resolve
+from hpcserve_jupyter.spec import ServeSpec
 
 # The placeholders are spelled out, not imported: renaming one must fail here too.
 PY, HOST, PORT = "{HPCSERVE_PYTHON}", "{HPCSERVE_HOST}", "{HPCSERVE_PORT}"

@@ -2,7 +2,8 @@
 
 from hpcserve_jupyter.backends import backend_names, get_backend
 from hpcserve_jupyter.recipes import Recipe
-from hpcserve_jupyter.spec import HOST, PORT, PYTHON, resolve
+from hpcserve_jupyter.resolve import resolve
+from hpcserve_jupyter.spec import HOST, PORT, PYTHON
 
 
 def test_all_documented_engines_are_registered():

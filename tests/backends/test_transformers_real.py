@@ -40,8 +40,9 @@ from real_engines import (
 
 from hpcserve_jupyter.client import Client
 from hpcserve_jupyter.remote import RemoteHpcserve
+from hpcserve_jupyter.resolve import resolve
 from hpcserve_jupyter.sessions import Session, State
-from hpcserve_jupyter.spec import HOST, PORT, render_argv, resolve
+from hpcserve_jupyter.spec import HOST, PORT, render_argv
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -24,8 +24,9 @@ import pytest
 from real_engines import gguf_path, hf_checkpoint, unavailable
 
 from hpcserve_jupyter.api import Hpcserve
+from hpcserve_jupyter.resolve import resolve
 from hpcserve_jupyter.sessions import Session, State
-from hpcserve_jupyter.spec import HOST, PORT, PYTHON, render_argv, resolve
+from hpcserve_jupyter.spec import HOST, PORT, PYTHON, render_argv
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1200)]
 

@@ -12,7 +12,7 @@ import pytest
 from jupyter_standin import dead_url
 
 from hpcserve_jupyter.api import Hpcserve
-from hpcserve_jupyter.errors import BadInput, NotFound, NotReady
+from hpcserve_jupyter.errors import BadInput, EngineError, NotFound, NotReady
 from hpcserve_jupyter.remote import RemoteHpcserve, find_server
 from hpcserve_jupyter.sessions import Session, State
 
@@ -178,3 +178,42 @@ async def test_watch_subscribe_secrets_and_batch(base, jp_serverapp, ext, regist
         await asyncio.sleep(0.05)
     assert not ext.manager._subscribers
 
+
+
+async def test_wait_closes_its_event_stream(base, jp_serverapp, ext, register):
+    """`wait` follows the server's events through a subscription of its own, closed when it
+    returns or gives up: the server drops the subscriber either way."""
+    token = jp_serverapp.identity_provider.token
+    starting = register([dead_url()], state=State.STARTING)
+    ready = register([dead_url()])
+
+    def run() -> tuple[Session, int]:
+        with RemoteHpcserve(base, token) as hp:  # still open: its connections are, too
+            with pytest.raises(NotReady, match="still starting"):
+                hp.wait(starting.id, timeout=0.5)
+            done = hp.wait(ready.id, timeout=5)
+            for _ in range(100):
+                if not ext.manager._subscribers:
+                    break
+                time.sleep(0.05)
+            return done, len(ext.manager._subscribers)
+
+    done, subscribers = await asyncio.to_thread(run)
+    assert done.state == State.READY and subscribers == 0
+
+
+async def test_proxy_errors_reach_the_prompt_with_message_and_hint(base, jp_serverapp, register):
+    """An engine that does not answer behind the proxy: the proxy's message and its hint, both
+    (one error reading for the REST API and the engine client)."""
+    token = jp_serverapp.identity_provider.token
+    s = register([dead_url()], name="dead-engine")
+
+    def run() -> EngineError:
+        with RemoteHpcserve(base, token) as hp, pytest.raises(EngineError) as err:
+            hp.prompt(s.id, "hi")
+        return err.value
+
+    err = await asyncio.to_thread(run)
+    assert err.status_code == 502
+    assert err.message.startswith("the engine answered 502: session dead-engine is unreachable")
+    assert f"see GET /hpcserve/api/sessions/{s.id}/logs" in err.message

@@ -3,7 +3,6 @@ marked `model`) the real llama.cpp server on SmolLM2."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -15,23 +14,14 @@ from IPython.core.error import UsageError
 from IPython.testing import globalipapp
 from IPython.utils.capture import capture_output
 
-from hpcserve_jupyter.api import Hpcserve
-from hpcserve_jupyter.errors import HpcserveError
-from hpcserve_jupyter.magics import views
+from facade_fixtures import facade_fixture
+from hpcserve_jupyter import views
 from hpcserve_jupyter.magics.core import Answer, magics_of
 
 RECIPE = "smollm2-135m"
 
 
-@pytest.fixture(scope="module")
-def hp(tmp_path_factory):
-    h = Hpcserve(home=tmp_path_factory.mktemp("magics-home"), poll_interval=0.5,
-                 target_configs={"local": {"kind": "local"}})
-    yield h
-    for s in h.sessions(live_only=True):
-        with contextlib.suppress(HpcserveError):
-            h.stop(s.id)
-    h.close()
+hp = facade_fixture(scope="module")
 
 
 @pytest.fixture
@@ -83,6 +73,16 @@ def test_load_ext_registers_line_and_cell_magic(ip):
     assert "%%serve" in out.text() and "--max-tokens" in out.text()
     assert run(ip, "%serve").result.text() == out.text()  # no command: the help
     assert "--no-wait" in run(ip, "%serve help launch").result.text()
+
+
+def test_every_command_of_the_parser_has_a_handler(ip):
+    """The commands table of the magics and the line parser's COMMANDs are the same names."""
+    import argparse
+
+    magics = magics_of(ip)
+    (sub,) = [a for a in magics.line_parser._actions
+              if isinstance(a, argparse._SubParsersAction)]
+    assert set(magics.commands) == set(sub.choices)
 
 
 def test_load_ext_stays_light(tmp_path):

@@ -62,8 +62,9 @@ from conftest import TOKEN, KillableServer, free_port, marked_processes, record,
 from hpcserve_jupyter import api, cli, cmdargs
 from hpcserve_jupyter.errors import BadInput, HpcserveError, RecipeError
 from hpcserve_jupyter.recipes import Catalog, apply_overrides
+from hpcserve_jupyter.resolve import resolve
 from hpcserve_jupyter.sessions import TERMINAL, State
-from hpcserve_jupyter.spec import ServeSpec, resolve
+from hpcserve_jupyter.spec import ServeSpec
 
 pytestmark = [pytest.mark.timeout(400)]
 

@@ -47,6 +47,7 @@ from conftest import marked_processes, record
 from hpcserve_jupyter.api import Hpcserve
 from hpcserve_jupyter.errors import BadInput, HpcserveError, LaunchError
 from hpcserve_jupyter.recipes import Catalog, validate_recipe
+from hpcserve_jupyter.resolve import resolve as resolve_spec
 from hpcserve_jupyter.spec import (
     API_KEY,
     HOST,
@@ -58,11 +59,10 @@ from hpcserve_jupyter.spec import (
     render_argv,
     render_env,
 )
-from hpcserve_jupyter.spec import resolve as resolve_spec
 from hpcserve_jupyter.targets import make_target
 from hpcserve_jupyter.targets.base import LaunchRequest
 from hpcserve_jupyter.targets.slurm import script
-from hpcserve_jupyter.targets.slurm.ssh import SSHConnection
+from hpcserve_jupyter.targets.slurm.connection import SSHConnection
 
 pytestmark = [pytest.mark.timeout(300)]
 

@@ -10,16 +10,11 @@ import threading
 
 import pytest
 
+from facade_fixtures import facade_fixture
 from hpcserve_jupyter.api import Hpcserve, Subscription
 from hpcserve_jupyter.errors import BadInput, LaunchError
 
-
-@pytest.fixture
-def hp(tmp_path):
-    h = Hpcserve(home=tmp_path / "home", poll_interval=0.5,
-                 target_configs={"local": {"kind": "local"}})
-    yield h
-    h.close()
+hp = facade_fixture()
 
 
 def failing_launch(hp: Hpcserve) -> None:

@@ -6,6 +6,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..errors import BadInput
+from ..spec import MultiNode
+
 if TYPE_CHECKING:
     from ..recipes import Recipe
 
@@ -44,6 +47,8 @@ class Backend:
     # a list goes after one flag (argparse nargs) unless the CLI wants the flag repeated.
     bool_values: ClassVar[bool] = False
     repeat_list_flags: ClassVar[bool] = False
+    # How one replica spans nodes (spec.MultiNode): the target starts it so, knowing no engine.
+    multinode: ClassVar[MultiNode] = MultiNode("none")
 
     def argv(self, ctx: Context) -> list[str]:
         raise NotImplementedError
@@ -55,6 +60,21 @@ class Backend:
         """The `model` value the engine answers to, which clients and the gateway send: the
         recipe's served name, for engines that take one on their command line."""
         return ctx.served_model_name
+
+    def multinode_launch(self, ctx: Context) -> MultiNode | None:
+        """How this context's replica spans nodes, None when it fits on one node (a replica
+        that spans nodes pipelines over them), or a BadInput when the engine cannot."""
+        if ctx.pipeline_parallel <= 1:
+            return None
+        if self.multinode.mode == "none":
+            gpus = ctx.recipe.resources.gpus
+            raise BadInput(
+                f"backend {self.name!r} cannot run one replica over several nodes; this launch "
+                f"gives a replica {ctx.tensor_parallel * ctx.pipeline_parallel} GPUs over "
+                f"{ctx.pipeline_parallel} nodes ({gpus} per node)",
+                hint=f"give each replica at most one node's GPUs (gpu_per_replica <= {gpus}), "
+                     "or choose a backend that spans nodes")
+        return self.multinode
 
     def secret_env(self) -> Iterable[tuple[str, str]]:
         return [(self.api_key_env, "api_key")] if self.api_key_env else []

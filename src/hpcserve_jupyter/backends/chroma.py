@@ -13,7 +13,7 @@ same Rust server) and use it through chromadb.HttpClient.
 
 from __future__ import annotations
 
-from ..spec import HOST, PORT
+from ..spec import HOST, PORT, MultiNode
 from .base import Backend, Context
 
 
@@ -23,6 +23,7 @@ class Chroma(Backend):
     api_flavour = "chroma"
     health_path = "/api/v2/healthcheck"
     default_image = "chromadb/chroma:latest"
+    multinode = MultiNode("none")  # one server process
 
     def argv(self, ctx: Context) -> list[str]:
         return ["chroma", "run", "--host", HOST, "--port", PORT,

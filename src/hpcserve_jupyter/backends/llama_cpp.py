@@ -8,7 +8,7 @@ the command line. It has no /health route; /v1/models answers once the model is 
 
 from __future__ import annotations
 
-from ..spec import HOST, PORT, PYTHON
+from ..spec import HOST, PORT, PYTHON, MultiNode
 from .base import Backend, Context
 
 
@@ -17,6 +17,7 @@ class LlamaCpp(Backend):
     categories = frozenset({"inference", "embedding"})
     health_path = "/v1/models"
     default_image = "ghcr.io/abetlen/llama-cpp-python:latest"
+    multinode = MultiNode("none")  # one process (llama.cpp's RPC servers are not used)
     api_key_env = "API_KEY"
     supports_api_key = True
     bool_values = True

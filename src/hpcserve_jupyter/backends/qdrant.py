@@ -12,7 +12,7 @@ second Qdrant on the same host needs QDRANT__SERVICE__GRPC_PORT in its recipe's 
 
 from __future__ import annotations
 
-from ..spec import HOST, PORT
+from ..spec import HOST, PORT, MultiNode
 from .base import Backend, Context
 
 
@@ -23,6 +23,7 @@ class Qdrant(Backend):
     api_flavour = "qdrant"
     health_path = "/readyz"
     default_image = "qdrant/qdrant:latest"
+    multinode = MultiNode("none")  # one server process (no Qdrant cluster mode)
     api_key_env = "QDRANT__SERVICE__API_KEY"
     supports_api_key = True
 

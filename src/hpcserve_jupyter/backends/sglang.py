@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec import API_KEY, HOST, PORT, PYTHON
+from ..spec import API_KEY, DIST_PORT, HEAD_ADDR, HOST, NNODES, NODE_RANK, PORT, PYTHON, MultiNode
 from .base import Backend, Context
 
 
@@ -22,6 +22,11 @@ class SGLang(Backend):
     health_path = "/health"
     default_image = "lmsysorg/sglang:latest"
     supports_api_key = True
+    # Across nodes SGLang runs on every node, each told the node count, its rank and the first
+    # node's address (docs.sglang.io, references/multi_node_deployment); rank 0 serves HTTP.
+    multinode = MultiNode("per-node", node_args=(
+        "--nnodes", NNODES, "--node-rank", NODE_RANK, "--dist-init-addr",
+        f"{HEAD_ADDR}:{DIST_PORT}"), note="how SGLang spans nodes")
 
     def argv(self, ctx: Context) -> list[str]:
         # An embedding recipe needs the causal LM served as an embedding model; engine_args can

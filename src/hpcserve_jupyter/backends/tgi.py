@@ -11,7 +11,7 @@ no pipeline parallelism and no multi-node mode. GET /health is the router's heal
 
 from __future__ import annotations
 
-from ..spec import HOST, PORT
+from ..spec import HOST, PORT, MultiNode
 from .base import Backend, Context
 
 
@@ -20,6 +20,7 @@ class TGI(Backend):
     repeat_list_flags = True  # clap takes one value per occurrence
     health_path = "/health"
     default_image = "ghcr.io/huggingface/text-generation-inference:latest"
+    multinode = MultiNode("none")  # the launcher shards over one node's GPUs only
     api_key_env = "API_KEY"
     supports_api_key = True
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec import HOST, PORT
+from ..spec import HOST, PORT, MultiNode
 from .base import Backend, Context
 
 
@@ -26,6 +26,7 @@ class Transformers(Backend):
     health_path = "/health"
     # No official image ships `transformers[serving]`; targets need one from the recipe's images.
     default_image = None
+    multinode = MultiNode("none")  # one process, no distributed serving
 
     def argv(self, ctx: Context) -> list[str]:
         args: dict[str, Any] = {} if ctx.recipe.resources.gpus else {"device": "cpu"}

@@ -11,7 +11,7 @@ so none is set. /health is among the endpoints the server documents.
 
 from __future__ import annotations
 
-from ..spec import HOST, PORT
+from ..spec import HOST, PORT, MultiNode
 from .base import Backend, Context
 
 
@@ -20,6 +20,10 @@ class TRTLLM(Backend):
     repeat_list_flags = True  # click takes one value per occurrence of a `multiple` option
     health_path = "/health"
     default_image = "nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc13"
+    # Across nodes trtllm-serve runs as one MPI world, a rank per GPU, started by srun
+    # --mpi=pmix behind trtllm-llmapi-launch (examples/llm-api/llm_mgmn_trtllm_serve.sh).
+    multinode = MultiNode("mpi", launcher=("trtllm-llmapi-launch",),
+                          note="how TensorRT-LLM spans nodes")
 
     def argv(self, ctx: Context) -> list[str]:
         argv = [

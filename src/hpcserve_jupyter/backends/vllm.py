@@ -8,7 +8,7 @@ against vLLM's engine arguments docs (--tensor-parallel-size, --pipeline-paralle
 
 from __future__ import annotations
 
-from ..spec import HOST, PORT, PYTHON
+from ..spec import HOST, PORT, PYTHON, MultiNode
 from .base import Backend, Context
 
 
@@ -19,6 +19,9 @@ class VLLM(Backend):
     default_image = "vllm/vllm-openai:latest"
     api_key_env = "VLLM_API_KEY"
     supports_api_key = True
+    # Across nodes vLLM runs its workers on a Ray cluster: the target starts one, then vLLM on
+    # its head (--distributed-executor-backend ray below).
+    multinode = MultiNode("ray", note="vLLM spans nodes over Ray")
 
     def argv(self, ctx: Context) -> list[str]:
         argv = [
@@ -30,7 +33,6 @@ class VLLM(Backend):
         if ctx.tensor_parallel > 1:
             argv += ["--tensor-parallel-size", str(ctx.tensor_parallel)]
         if ctx.pipeline_parallel > 1:
-            # Across nodes vLLM runs its workers on a Ray cluster the target starts.
             argv += ["--pipeline-parallel-size", str(ctx.pipeline_parallel),
                      "--distributed-executor-backend", "ray"]
         return argv + self.flags(ctx.args_for(self.name))

@@ -1,5 +1,6 @@
-"""The Jupyter server extension: one SessionManager on the server's event loop, its REST API,
-the proxy to sessions and the OpenAI-compatible gateway.
+"""The Jupyter server extension: the session service (service.py, the same one the embedded
+facade runs) on the server's event loop, its REST API, the proxy to sessions and the
+OpenAI-compatible gateway.
 
 Enabled on install (jupyter-config/jupyter_server_config.d/hpcserve_jupyter.json). Configure it
 as `c.HpcserveApp.<trait>` in jupyter_server_config.py or `--HpcserveApp.<trait>=...`.
@@ -18,12 +19,16 @@ from typing import TYPE_CHECKING, Any
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Float, Int, List, TraitError, Unicode, validate
 
+from .. import health
 from .replicas import ReplicaGroup
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     import httpx
 
     from ..manager import SessionManager
+    from ..service import SessionService
     from ..sessions import Session
 
 
@@ -113,35 +118,32 @@ class HpcserveApp(ExtensionApp):
 
     # ------------------------------------------------------------------ wiring
 
+    service: SessionService
     manager: SessionManager
     http: httpx.AsyncClient
     groups: dict[str, ReplicaGroup]
 
     def initialize_settings(self) -> None:
-        from ..manager import SessionManager
-        from ..recipes import Catalog, recipe_dirs
-        from ..targets import load_target_configs
+        from ..resolve import LaunchDefaults
+        from ..service import SessionService
 
-        home = Path(self.state_dir).expanduser() if self.state_dir else None
-        if home:
-            home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        catalog = Catalog([*recipe_dirs(), *(Path(d).expanduser() for d in self.recipe_dirs)])
-        configs = None
-        if self.targets_file:
-            try:
-                configs = load_target_configs(Path(self.targets_file).expanduser())
-            except Exception as exc:  # shown on every target use, not a dead server
-                self.log.error("hpcserve: targets file %s: %s", self.targets_file, exc)
-        self.manager = SessionManager(home, catalog=catalog, target_configs=configs,
-                                      poll_interval=self.poll_interval,
-                                      start_timeout=self.start_timeout)
+        self.service = SessionService.configured(
+            state_dir=Path(self.state_dir).expanduser() if self.state_dir else None,
+            extra_recipe_dirs=[Path(d).expanduser() for d in self.recipe_dirs],
+            targets_file=Path(self.targets_file).expanduser() if self.targets_file else None,
+            defaults=LaunchDefaults(idle_timeout=self.default_idle_timeout or None,
+                                    max_lifetime=self.default_max_lifetime or None),
+            # shown on every target use, not a dead server
+            on_config_error=lambda message: self.log.error("hpcserve: %s", message),
+            poll_interval=self.poll_interval, start_timeout=self.start_timeout)
+        self.manager = self.service.manager
         self.groups = {}
         self._http: httpx.AsyncClient | None = None
         self._started: asyncio.Future[None] | None = None
         self._streams: set[Any] = set()
         self._touched: dict[str, float] = {}
         self.settings["hpcserve_manager"] = self.manager
-        self.log.info("hpcserve: state in %s", self.manager.home)
+        self.log.info("hpcserve: state in %s", self.service.home)
 
     def initialize_handlers(self) -> None:
         from .routes import ROUTES
@@ -160,8 +162,8 @@ class HpcserveApp(ExtensionApp):
         return self.manager
 
     async def _start(self) -> None:
-        await self.manager.start()
-        live = self.manager.sessions(live_only=True)
+        await self.service.start()
+        live = self.service.sessions(live_only=True)
         self.log.info("hpcserve: monitoring %d live session(s)", len(live))
 
     async def stop_extension(self) -> None:
@@ -176,7 +178,7 @@ class HpcserveApp(ExtensionApp):
             self._http = None
         if self._started is not None and not self._started.done():
             self._started.cancel()
-        await self.manager.close()
+        await self.service.close()
 
     # ------------------------------------------------------------------ shared by handlers
 
@@ -198,7 +200,7 @@ class HpcserveApp(ExtensionApp):
     def group(self, session: Session) -> ReplicaGroup:
         """The replica group of a session, following its current endpoints."""
         if len(self.groups) > 64:  # drop the groups of ended sessions now and then
-            live = {s.id for s in self.manager.sessions(live_only=True)}
+            live = {s.id for s in self.service.sessions(live_only=True)}
             for sid in [k for k in self.groups if k not in live]:
                 self.groups.pop(sid)
         group = self.groups.get(session.id)
@@ -221,39 +223,19 @@ class HpcserveApp(ExtensionApp):
             return
         self._touched[session_id] = now
         try:
-            self.manager.touch(session_id)
+            self.service.touch(session_id)
         except Exception as exc:  # activity must never fail a request
             self.log.warning("hpcserve: recording activity of %s failed: %s", session_id, exc)
 
     def forget(self, session_id: str) -> None:
         self.groups.pop(session_id, None)
 
-    def _health_check(self, session: Session) -> Any:
+    def _health_check(self, session: Session) -> Callable[[str], Awaitable[bool]]:
         path = session.spec.get("health_path", "/health")
-        headers = {"Authorization": f"Bearer {self.manager.api_key(session)}"}
+        key = self.service.api_key(session)
+        timeout = min(5.0, self.proxy_read_timeout)
 
         async def healthy(url: str) -> bool:
-            import httpx
-
-            try:
-                r = await self.client().get(url + path, headers=headers,
-                                            timeout=min(5.0, self.proxy_read_timeout))
-            except httpx.HTTPError:
-                return False
-            return r.status_code < 400
+            return await health.answers(self.client(), url, path, key, timeout=timeout)
 
         return healthy
-
-    def launch_defaults(self, recipe: str, overrides: dict[str, Any]) -> dict[str, Any]:
-        """Apply default_idle_timeout / default_max_lifetime where recipe and request set none."""
-        out = dict(overrides)
-        try:
-            rec = self.manager.catalog.get(recipe)
-        except Exception:
-            return out  # the launch itself reports the bad name
-        if self.default_idle_timeout and "idle_timeout" not in out and rec.idle_timeout is None:
-            out["idle_timeout"] = self.default_idle_timeout
-        if (self.default_max_lifetime and "max_lifetime" not in out
-                and rec.max_lifetime is None):
-            out["max_lifetime"] = self.default_max_lifetime
-        return out

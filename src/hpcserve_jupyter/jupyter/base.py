@@ -23,6 +23,7 @@ from ..errors import HpcserveError
 
 if TYPE_CHECKING:
     from ..manager import SessionManager
+    from ..service import SessionService
     from ..sessions import Session
     from .app import HpcserveApp
 
@@ -122,6 +123,11 @@ class HpcserveHandler(ExtensionHandlerMixin, APIHandler):
     @property
     def ext(self) -> HpcserveApp:
         return self.extensionapp  # type: ignore[return-value]
+
+    async def service(self) -> SessionService:
+        """The session service, started (a request may come before the server's start hook)."""
+        await self.ext.ensure_started()
+        return self.ext.service
 
     async def manager(self) -> SessionManager:
         return await self.ext.ensure_started()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from .base import INT64_MAX
+from .bodies import LaunchBody
 
 JSON = "application/json"
 NO_NUL = "^[^\\u0000]*$"  # JSON Schema pattern: no NUL character
@@ -78,8 +79,6 @@ def _op(summary: str, responses: dict[str, Any], *, params: list[dict[str, Any]]
 
 
 def _schemas() -> dict[str, Any]:
-    from .handlers import LaunchBody
-
     launch = LaunchBody.model_json_schema(ref_template="#/components/schemas/{model}")
     launch.pop("title", None)
     launch["example"] = {"recipe": "smollm2-135m", "target": "local"}

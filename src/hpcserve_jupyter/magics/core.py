@@ -15,16 +15,30 @@ import shlex
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
-from ..cmdargs import count_arg, launch_overrides, seconds_arg
-from . import views
+from .. import views
+from ..cmdargs import add_launch_arguments, count_arg, launch_overrides, seconds_arg
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.display import DisplayHandle
+    from IPython.lib.pretty import PrettyPrinter
+
+    from ..bench import BenchReport
+    from ..facade import Facade
+    from ..sessions import Session
+    from ..widgets import ControlPanel
 
 PROMPT_UPDATE_S = 0.1  # at most this often a streamed answer's display is redrawn
 PROGRESS_TICK_S = 0.5  # the elapsed time of a launch in progress is redrawn this often
+
+
+SessionView = views.SessionNote | views.SessionList | views.SessionDetail  # a command's outcome
 
 
 class _Exit(Exception):
@@ -35,7 +49,7 @@ class UsageParser(argparse.ArgumentParser):
     """argparse that raises UsageError (IPython shows it without a traceback) instead of
     exiting, and prints help to stdout."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # argparse.ArgumentParser's own
         kwargs.setdefault("exit_on_error", False)
         super().__init__(*args, **kwargs)
 
@@ -73,14 +87,7 @@ def build_line_parser() -> UsageParser:
     sub.add_parser("targets", help="list targets (where sessions run)")
 
     la = sub.add_parser("launch", help="launch a recipe; shows progress until it is ready")
-    la.add_argument("recipe")
-    la.add_argument("--backend", "-b", help="serving engine (default: the recipe's first)")
-    la.add_argument("--on", default="local", metavar="TARGET", help="target (default: local)")
-    la.add_argument("--name", help="session name (default: RECIPE-N)")
-    la.add_argument("--gpus", help="GPUs per node")
-    la.add_argument("--time", help="time limit, e.g. 30m, 2h")
-    la.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a recipe field (repeatable)")
+    add_launch_arguments(la)
     la.add_argument("--no-wait", action="store_true", help="return at once (then %%serve wait)")
     la.add_argument("--timeout", type=seconds_arg, help="stop waiting after SECONDS")
 
@@ -147,7 +154,7 @@ class Answer(str):
     def _repr_markdown_(self) -> str:
         return markdown(str(self))
 
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+    def _repr_pretty_(self, p: PrettyPrinter, cycle: bool) -> None:
         p.text(str(self))
 
 
@@ -164,7 +171,9 @@ class _PrintedAnswer(Answer):
         print(str(self))
 
 
-def _in_kernel(shell: Any) -> bool:
+def _in_kernel(shell: InteractiveShell | None) -> bool:
+    """An ipykernel shell (a notebook's), told apart without importing ipykernel: it has the
+    kernel it serves, a plain IPython shell has none."""
     return type(shell).__name__ == "ZMQInteractiveShell" or getattr(shell, "kernel", None) \
         is not None
 
@@ -177,8 +186,8 @@ class _Progress:
         self.header = header
         self.start = time.monotonic()
         self.last_key: tuple[str, str, bool] | None = None
-        self.last: Any = None
-        self.handle: Any = None
+        self.last: Session | None = None
+        self.handle: DisplayHandle | None = None
         if rich:
             from IPython.display import display
 
@@ -186,7 +195,7 @@ class _Progress:
         else:
             print(header, flush=True)
 
-    def _bundle(self, session: Any) -> dict[str, str]:
+    def _bundle(self, session: Session | None) -> dict[str, str]:
         import html
 
         if session is None:
@@ -196,23 +205,23 @@ class _Progress:
         return {"text/plain": f"{self.header}: {views.progress_line(session, elapsed)}",
                 "text/html": views.progress_html(session, elapsed)}
 
-    def update(self, session: Any) -> None:
+    def update(self, session: Session) -> None:
         self.last = session
         key = (str(session.state), session.reason, bool(session.unreachable))
         changed = key != self.last_key
         self.last_key = key
-        if self.rich:
+        if self.handle is not None:
             self.handle.update(self._bundle(session), raw=True)
         elif changed:
             print(views.progress_line(session, time.monotonic() - self.start), flush=True)
 
     def tick(self) -> None:
-        if self.rich and self.last is not None:
+        if self.handle is not None and self.last is not None:
             self.handle.update(self._bundle(self.last), raw=True)
 
     def done(self) -> None:
         """Back to the header line: the outcome is the cell's result, right below."""
-        if self.rich:
+        if self.handle is not None:
             self.handle.update(self._bundle(None), raw=True)
 
 
@@ -221,16 +230,25 @@ class HpcserveMagics(Magics):
     """`%serve` (line) and `%%serve` (cell). `facade`: a facade to use instead of
     `api.default()`; `rich`: updating displays (notebook) rather than printed lines."""
 
-    def __init__(self, shell: Any = None, facade: Any = None, rich: bool | None = None) -> None:
+    def __init__(self, shell: InteractiveShell | None = None, facade: Facade | None = None,
+                 rich: bool | None = None) -> None:
         super().__init__(shell)
         self._facade = facade
         self.rich = _in_kernel(shell) if rich is None else rich
         self.current: str | None = None
         self.line_parser = build_line_parser()
         self.cell_parser = build_cell_parser()
+        # what each COMMAND of the line parser runs (test_magics checks that they match)
+        self.commands: dict[str, Callable[[argparse.Namespace], object]] = {
+            "help": self.cmd_help, "recipes": self.cmd_recipes, "targets": self.cmd_targets,
+            "launch": self.cmd_launch, "wait": self.cmd_wait, "status": self.cmd_status,
+            "logs": self.cmd_logs, "stop": self.cmd_stop, "keepalive": self.cmd_keepalive,
+            "use": self.cmd_use, "models": self.cmd_models, "panel": self.cmd_panel,
+            "bench": self.cmd_bench,
+        }
 
     @property
-    def facade(self) -> Any:
+    def facade(self) -> Facade:
         if self._facade is None:
             from .. import api
 
@@ -238,13 +256,13 @@ class HpcserveMagics(Magics):
         return self._facade
 
     @facade.setter
-    def facade(self, value: Any) -> None:
+    def facade(self, value: Facade | None) -> None:
         self._facade = value
 
     # ------------------------------------------------------------------ entry
 
     @line_cell_magic
-    def serve(self, line: str, cell: str | None = None) -> Any:
+    def serve(self, line: str, cell: str | None = None) -> object:
         """Serve AI models from the notebook. `%serve help` lists the commands; `%%serve`
         prompts a session with the cell's text."""
         from ..errors import HpcserveError
@@ -254,7 +272,7 @@ class HpcserveMagics(Magics):
                 if not line.strip():
                     return self.cmd_help(argparse.Namespace(topic=None))
                 args = self.line_parser.parse(line)
-                return getattr(self, f"cmd_{args.command}")(args)
+                return self.commands[args.command](args)
             return self.prompt_cell(line, cell)
         except _Exit:
             return None
@@ -290,7 +308,7 @@ class HpcserveMagics(Magics):
         return views.Text(self.line_parser.format_help() + "\n"
                           + self.cell_parser.format_help())
 
-    def cmd_recipes(self, args: argparse.Namespace) -> Any:
+    def cmd_recipes(self, args: argparse.Namespace) -> views.Text | views.Table:
         hp = self.facade
         if args.name:
             import yaml
@@ -304,11 +322,13 @@ class HpcserveMagics(Magics):
     def cmd_targets(self, args: argparse.Namespace) -> views.Table:
         return views.targets_table(self.facade.targets())
 
-    def cmd_launch(self, args: argparse.Namespace) -> Any:
+    def cmd_launch(self, args: argparse.Namespace) -> SessionView:
         backend, overrides = launch_overrides(args)
         hp = self.facade
+        # the overrides hold no name of launch()'s own arguments (launch_overrides
+        # refuses them), which a type checker cannot see
         session = hp.launch(args.recipe, backend=backend, on=args.on, name=args.name,
-                            wait=False, **overrides)
+                            wait=False, **overrides)  # type: ignore[arg-type]
         self.current = session.id
         header = f"launched {session.name} (id {session.id}) on {session.target}"
         if args.no_wait:
@@ -317,13 +337,13 @@ class HpcserveMagics(Magics):
                                      "until it is ready")
         return self._outcome(self._wait(session, args.timeout, header))
 
-    def cmd_wait(self, args: argparse.Namespace) -> Any:
+    def cmd_wait(self, args: argparse.Namespace) -> SessionView:
         session = self.facade.status(self._key(args.id))
         if session.state.terminal:
             return self._outcome(session)
         return self._outcome(self._wait(session, args.timeout, f"waiting for {session.name}"))
 
-    def cmd_status(self, args: argparse.Namespace) -> Any:
+    def cmd_status(self, args: argparse.Namespace) -> SessionView:
         hp = self.facade
         if args.id:
             return views.SessionDetail(hp.status(args.id))
@@ -354,39 +374,41 @@ class HpcserveMagics(Magics):
         return views.Table([{"model": m} for m in models], [("MODEL", "model")],
                            empty="no models")
 
-    def cmd_panel(self, args: argparse.Namespace) -> Any:
+    def cmd_panel(self, args: argparse.Namespace) -> ControlPanel:
         from ..widgets import ControlPanel
 
         return ControlPanel(self.facade)
 
-    def cmd_bench(self, args: argparse.Namespace) -> Any:
-        kwargs: dict[str, Any] = {"requests": args.requests, "concurrency": args.concurrency,
-                                  "max_tokens": args.max_tokens, "criteria": args.criteria,
-                                  "out": args.out, "temperature": args.temperature}
+    def cmd_bench(self, args: argparse.Namespace) -> BenchReport:
+        kwargs: dict[str, object] = {"requests": args.requests, "concurrency": args.concurrency,
+                                     "max_tokens": args.max_tokens, "criteria": args.criteria,
+                                     "out": args.out, "temperature": args.temperature}
         if args.prompt:
             kwargs["prompt"] = args.prompt
-        report = self.facade.bench(self._key(args.id), **kwargs)
+        report: BenchReport = self.facade.bench(self._key(args.id), **kwargs)
         if not self.rich or args.no_plot:
-            return _TextOnly(report)
+            from .reports import TextOnlyReport
+
+            return TextOnlyReport.of(report)
         return report
 
     # ------------------------------------------------------------------ waiting
 
-    def _wait(self, session: Any, timeout: float | None, header: str) -> Any:
+    def _wait(self, session: Session, timeout: float | None, header: str) -> Session:
         """facade.wait on a worker thread; this thread shows its progress (display updates
         belong to the cell's thread). Ctrl-C stops waiting, not the session."""
         hp = self.facade
-        updates: queue.Queue[Any] = queue.Queue()
-        outcome: dict[str, Any] = {}
-        done = object()
+        updates: queue.Queue[Session | None] = queue.Queue()  # None: the wait is over
+        waited: list[Session] = []
+        failed: list[BaseException] = []
 
         def work() -> None:
             try:
-                outcome["session"] = hp.wait(session.id, timeout=timeout, progress=updates.put)
+                waited.append(hp.wait(session.id, timeout=timeout, progress=updates.put))
             except BaseException as exc:
-                outcome["error"] = exc
+                failed.append(exc)
             finally:
-                updates.put(done)
+                updates.put(None)
 
         progress = _Progress(self.rich, header)
         threading.Thread(target=work, name="hpcserve-wait", daemon=True).start()
@@ -397,7 +419,7 @@ class HpcserveMagics(Magics):
                 except queue.Empty:
                     progress.tick()
                     continue
-                if item is done:
+                if item is None:
                     break
                 progress.update(item)
         except KeyboardInterrupt:
@@ -407,11 +429,11 @@ class HpcserveMagics(Magics):
                   file=sys.stderr)
             raise _Exit() from None
         progress.done()
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["session"]
+        if failed:
+            raise failed[0]
+        return waited[0]
 
-    def _outcome(self, session: Any) -> Any:
+    def _outcome(self, session: Session) -> views.SessionList | views.SessionDetail:
         if str(session.state) == "ready":
             return views.SessionList([session])
         if session.state.terminal:
@@ -421,7 +443,9 @@ class HpcserveMagics(Magics):
 
     # ------------------------------------------------------------------ prompting
 
-    def prompt_cell(self, line: str, cell: str) -> Any:
+    def prompt_cell(self, line: str, cell: str) -> object:
+        """The answer (or, with --json, what it parses to); None when the session is not
+        ready."""
         args = self.cell_parser.parse(line)
         if args.output is not None and (not args.output.isidentifier()
                                         or keyword.iskeyword(args.output)):
@@ -434,13 +458,13 @@ class HpcserveMagics(Magics):
         if str(session.state) != "ready":
             self._not_ready(session)
             return None
-        params: dict[str, Any] = {"max_tokens": args.max_tokens}
+        params: dict[str, object] = {"max_tokens": args.max_tokens}
         if args.temperature is not None:
             params["temperature"] = args.temperature
         if args.json:
             params["response_format"] = {"type": "json_object"}
         answer = self._stream(hp.stream(session.id, text, system=args.system, **params))
-        result: Any = answer
+        result: object = answer
         if args.json:
             try:
                 result = json.loads(answer)
@@ -448,8 +472,14 @@ class HpcserveMagics(Magics):
                 print(f"hpcserve: the answer is not valid JSON ({exc}); returning the text",
                       file=sys.stderr)
         if args.output:
-            self.shell.user_ns[args.output] = str(result) if isinstance(result, str) else result
+            self._user_ns()[args.output] = str(result) if isinstance(result, str) else result
         return result
+
+    def _user_ns(self) -> dict[str, object]:
+        """The notebook's variables."""
+        if self.shell is None:
+            raise UsageError("the %serve magics are not loaded into an IPython shell")
+        return self.shell.user_ns
 
     def fill_in(self, cell: str) -> str:
         """The cell's text with {name} replaced by notebook variables ({{ }} for braces)."""
@@ -457,7 +487,7 @@ class HpcserveMagics(Magics):
         if not text:
             raise UsageError("the cell is empty: write the prompt in the cell, below %%serve")
         try:
-            return text.format_map(self.shell.user_ns)
+            return text.format_map(self._user_ns())
         except KeyError as exc:
             raise UsageError(f"{{{exc.args[0]}}} in the prompt: no such variable in the notebook "
                              "(write {{ and }} for literal braces)") from None
@@ -466,7 +496,7 @@ class HpcserveMagics(Magics):
             raise UsageError(f"cannot fill in the prompt: {type(exc).__name__}: {exc} "
                              "(write {{ and }} for literal braces)") from None
 
-    def _not_ready(self, session: Any) -> None:
+    def _not_ready(self, session: Session) -> None:
         name = session.name
         if session.state.terminal:
             print(f"hpcserve: session {name} has ended ({session.state}: {session.reason}); "
@@ -476,7 +506,7 @@ class HpcserveMagics(Magics):
                   f"`%serve wait {name}` first, or add --wait to this cell "
                   f"(`%%serve {name} --wait`)", file=sys.stderr)
 
-    def _stream(self, deltas: Any) -> Answer:
+    def _stream(self, deltas: Iterable[str]) -> Answer:
         parts: list[str] = []
         if not self.rich:
             for delta in deltas:
@@ -506,22 +536,6 @@ class HpcserveMagics(Magics):
         return Answer("".join(parts))
 
 
-class _TextOnly:
-    """A bench report shown as text only (terminal, or --no-plot)."""
-
-    def __init__(self, report: Any) -> None:
-        self.report = report
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.report, name)
-
-    def __repr__(self) -> str:
-        return repr(self.report)
-
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        p.text(repr(self.report))
-
-
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser | None:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -529,20 +543,20 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
     return None
 
 
-def register(ipython: Any, *, facade: Any = None) -> HpcserveMagics:
+def register(ipython: InteractiveShell, *, facade: Facade | None = None) -> HpcserveMagics:
     magics = HpcserveMagics(ipython, facade=facade)
     ipython.register_magics(magics)
     return magics
 
 
-def unregister(ipython: Any) -> None:
+def unregister(ipython: InteractiveShell) -> None:
     registry = ipython.magics_manager.registry
     registry.pop(HpcserveMagics.__name__, None)
     for kind in ("line", "cell"):
         ipython.magics_manager.magics[kind].pop("serve", None)
 
 
-def magics_of(ipython: Any) -> HpcserveMagics | None:
+def magics_of(ipython: InteractiveShell) -> HpcserveMagics | None:
     """The HpcserveMagics instance loaded into `ipython` (to set its facade, or `rich`)."""
     return ipython.magics_manager.registry.get(HpcserveMagics.__name__)
 

@@ -14,7 +14,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import BaseModel, ValidationError
+
+from ..errors import RecipeError
 from ..spec import API_KEY, ServeSpec
+from ..yamlfile import explain
 
 
 @dataclass(frozen=True)
@@ -72,14 +76,36 @@ class TargetStatus:
     handle_update: dict[str, Any] | None = None  # merged into the stored handle
 
 
+@dataclass(frozen=True)
+class SecretSetting:
+    """A secret a target reads from an environment variable: how to ask for it, and the
+    variable's NAME (front ends set it; the value never leaves the process that reads it)."""
+
+    label: str
+    env: str
+
+
 class Target:
-    """Base class of targets; subclasses implement the async methods below."""
+    """Base class of targets; subclasses implement the async methods below.
+
+    `settings_model` validates the target's configuration (one entry of targets.yaml) once,
+    here, with the entry's file and line in the error: `self.settings` is the result.
+    """
 
     kind: ClassVar[str]
+    settings_model: ClassVar[type[BaseModel]]
+    # Whether `adopt` can find what an interrupted launch started (see adopt).
+    can_adopt: ClassVar[bool] = False
 
     def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
+        config = dict(config or {})
+        source = config.pop("_source", (None, None))  # (file, line) of the entry, for errors
         self.name = name
-        self.config = dict(config or {})
+        try:
+            self.settings = self.settings_model.model_validate(config)
+        except ValidationError as exc:
+            raise RecipeError(f"target {name!r}: {explain(exc.errors()[0])}", path=source[0],
+                              line=source[1]) from None
 
     async def launch(self, req: LaunchRequest) -> dict[str, Any]:
         """Start the engine(s); return the handle. Raise LaunchError/BadInput with a reason."""
@@ -101,10 +127,16 @@ class Target:
         """Base URLs the client can reach from here (tunnel ends for remote targets)."""
         raise NotImplementedError
 
-    # Optional: `async def adopt(self, session_id: str, name: str) -> dict | None` finds what
-    # a launch interrupted before its handle was stored started (by the session mark, job name
-    # or pod id): a handle to adopt, or None once anything found was cancelled. Without it the
-    # manager marks such a session failed.
+    async def adopt(self, session_id: str, name: str) -> dict[str, Any] | None:
+        """What a launch interrupted before its handle was stored started (found by the session
+        mark, job name or pod id): a handle to adopt, or None once anything found was
+        cancelled. Targets that can look set `can_adopt`; for the others the manager marks such
+        a session failed."""
+        return None
+
+    def secret_settings(self) -> list[SecretSetting]:
+        """The secrets this target reads from environment variables (names, not values)."""
+        return []
 
     async def close(self) -> None:
         """Release connections and tunnels; never stops sessions."""

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import BadInput, LaunchError, RecipeError
+from ..errors import BadInput, LaunchError
 from ..spec import HOST, PORT, PYTHON, env_problem, nul_problem, render_argv, render_env
 from . import gpus as gpu_inventory
-from .base import LaunchRequest, Phase, Target, TargetStatus
+from .base import LaunchRequest, Phase, SecretSetting, Target, TargetStatus
 
 SESSION_MARK = "HPCSERVE_SESSION_ID"
 LOG_TAIL_LINES = 40
@@ -138,18 +138,12 @@ def group_members(pgid: int, create_time: float, session_id: str) -> list[psutil
 
 class LocalTarget(Target):
     kind = "local"
+    settings_model = LocalConfig
+    can_adopt = True
+    settings: LocalConfig
 
     def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
-        config = dict(config or {})
-        source = config.pop("_source", (None, None))
         super().__init__(name, config)
-        try:
-            self.settings = LocalConfig.model_validate(config)
-        except ValidationError as exc:
-            from ..yamlfile import explain
-
-            raise RecipeError(f"target {name!r}: {explain(exc.errors()[0])}", path=source[0],
-                              line=source[1]) from None
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._allocator: gpu_inventory.GpuAllocator | None = None
 
@@ -177,7 +171,7 @@ class LocalTarget(Target):
         return ports
 
     def _program(self, argv: list[str]) -> list[str]:
-        """argv with its program found. A bare name (`chroma`, `transformers`) is looked up
+        """argv with its program found. A bare program name (a console script) is looked up
         beside the target's interpreter first, where its environment keeps its console
         scripts (so `python:` selects an engine's venv even when that venv is not on PATH),
         then on PATH; a missing program is a LaunchError."""
@@ -313,6 +307,10 @@ class LocalTarget(Target):
                     orphan.kill()
         await asyncio.sleep(0)
         self._reap()
+
+    def secret_settings(self) -> list[SecretSetting]:
+        """Local engines inherit this process's environment, so HF_TOKEN reaches them."""
+        return [SecretSetting("Hugging Face token", "HF_TOKEN")]
 
     async def adopt(self, session_id: str, name: str) -> dict[str, Any] | None:
         """After a launch whose handle was never recorded: stop every process group that

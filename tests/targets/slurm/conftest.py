@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcserve_jupyter.targets.slurm.ssh import SSHSettings
+from hpcserve_jupyter.targets.slurm.sshconfig import SSHSettings
 
 REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "scripts" / "testcluster.sh"

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from hpcserve_jupyter.recipes import Catalog
-from hpcserve_jupyter.spec import resolve
+from hpcserve_jupyter.resolve import resolve
+from hpcserve_jupyter.targets.slurm import script
 from hpcserve_jupyter.targets.slurm.script import (
     JobOptions,
     build,
@@ -58,6 +60,9 @@ def cases(catalog):
         "vllm-2-nodes-ray": build(resolve("big", "vllm", {"nodes": "2", "gpu_per_replica": "8"},
                                           catalog=catalog), opts, name="big-4",
                                   session_id="0a1b2c3d"),
+        "sglang-2-nodes": build(resolve("big", "sglang", {"nodes": "2", "gpu_per_replica": "8"},
+                                        catalog=catalog), opts, name="big-5",
+                                session_id="0a1b2c3d"),
     }
 
 
@@ -170,3 +175,89 @@ def test_env_values_with_placeholders_are_set_per_replica(tmp_path):
     assert "export QDRANT__TELEMETRY_DISABLED=true\n" in text[:text.index(loop)]
     check = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
     assert check.returncode == 0, check.stderr
+
+
+# ------------------------------------------------------------------ replicas spanning nodes
+
+SPANNING = {"nodes": "2", "gpu_per_replica": "8"}
+
+
+def exec_line(text: str) -> list[str]:
+    """The words of the command a replica's subshell execs."""
+    line = next(x for x in text.splitlines() if x.startswith("    exec "))
+    return shlex.split(line.strip()[len("exec "):])
+
+
+def test_per_node_launch_gives_each_node_its_rank_and_the_heads_address(catalog, tmp_path):
+    """What srun's task on node R runs, through a real bash: the engine's own arguments
+    (a hostile one among them stays one literal word) plus its rank and the head's address."""
+    spec = resolve("big", "sglang", {**SPANNING, "engine_args.chat-template": "a b'c $(touch x)"},
+                   catalog=catalog)
+    text = build(spec, JobOptions(workdir="/w"), name="big", session_id="s")
+    words = exec_line(text)
+    assert words[:3] == ["srun", "--nodes=$SLURM_JOB_NUM_NODES", "--ntasks-per-node=1"]
+    assert words[3:5] == ["bash", "-c"] and len(words) == 6
+    assert "export HEAD_IP DIST_PORT BIND_HOST\n" in text and "    export PORT\n" in text
+    recorder = tmp_path / "engine"  # stands in for the interpreter: prints the argv it got
+    recorder.write_text("#!/bin/sh\nprintf '%s\\n' \"$@\"\n")
+    recorder.chmod(0o755)
+    for rank in ("0", "1"):
+        env = {"PATH": os.environ["PATH"], "HPCSERVE_PYTHON": str(recorder), "PORT": "8123",
+               "BIND_HOST": "0.0.0.0", "HPCSERVE_API_KEY": "k", "SLURM_JOB_NUM_NODES": "2",
+               "SLURM_PROCID": rank, "HEAD_IP": "10.1.2.3", "DIST_PORT": "29500"}
+        run = subprocess.run(["bash", "-c", words[5]], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, check=True)
+        argv = run.stdout.splitlines()
+        assert argv[:2] == ["-m", "sglang.launch_server"]
+        assert argv[argv.index("--port") + 1] == "8123"
+        assert argv[argv.index("--chat-template") + 1] == "a b'c $(touch x)"
+        assert argv[-6:] == ["--nnodes", "2", "--node-rank", rank,
+                             "--dist-init-addr", "10.1.2.3:29500"]
+    assert not (tmp_path / "x").exists()
+
+
+def test_mpi_launch_starts_a_rank_per_gpu_behind_the_launcher(tmp_path):
+    (tmp_path / "t.yaml").write_text("name: t\ncategory: inference\nmodel: org/m\n"
+                                     "backends: [trtllm]\nresources: {gpus: 4}\n")
+    spec = resolve("t", overrides=SPANNING, catalog=Catalog([tmp_path]))
+    opts = JobOptions(workdir="/w", container_runtime="apptainer", container_image="/i.sif")
+    text = build(spec, opts, name="t", session_id="s")
+    words = exec_line(text)
+    assert words[:4] == ["srun", "--nodes=$SLURM_JOB_NUM_NODES", "--ntasks-per-node=4",
+                         "--mpi=pmix"]
+    # inside the container: the launcher, then the engine with its own arguments
+    assert words[4:9] == ["apptainer", "exec", "--nv", "/i.sif", "trtllm-llmapi-launch"]
+    assert words[9] == "trtllm-serve" and "--pp_size" in words
+    assert "# Multi-node: one MPI world, a rank per GPU on every node" in text
+    assert "ray" not in text.lower()  # nothing of another engine's launch
+
+
+def test_only_a_ray_launch_starts_ray(catalog):
+    sglang = build(resolve("big", "sglang", SPANNING, catalog=catalog), JobOptions(workdir="/w"),
+                   name="big", session_id="s")
+    assert "ray" not in sglang.lower()
+    # a multi-node job whose replicas each fit on a node starts no multi-node launch at all
+    vllm = build(resolve("big", "vllm", {"nodes": "2", "gpu_per_replica": "4"}, catalog=catalog),
+                 JobOptions(workdir="/w"), name="big", session_id="s")
+    assert "Multi-node" not in vllm and "srun" not in vllm
+    assert "RAY_PORT" in build(resolve("big", "vllm", SPANNING, catalog=catalog),
+                               JobOptions(workdir="/w"), name="big", session_id="s")
+
+
+def test_per_node_launches_run_one_replica_per_job(catalog):
+    spec = resolve("big", "sglang", {"nodes": "4", "gpu_per_replica": "8"}, catalog=catalog)
+    assert spec.replicas == 2 and spec.multinode is not None
+    with pytest.raises(ValueError, match="only as the job's one replica, not 2"):
+        build(spec, JobOptions(workdir="/w"), name="big", session_id="s")
+
+
+def test_the_slurm_target_names_no_engine():
+    """Engines declare what they need (backends/); the target only knows launch modes."""
+    from hpcserve_jupyter.backends import backend_names
+
+    names = [*backend_names(), "sglang", "tensorrt", "llama.cpp", "llama_cpp"]
+    source = Path(script.__file__).parent
+    for path in sorted(source.glob("*.py")):
+        text = path.read_text().lower()
+        found = [n for n in names if re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", text)]
+        assert not found, f"{path.name} names {found}"

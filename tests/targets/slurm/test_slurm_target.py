@@ -209,7 +209,7 @@ def test_outages_show_unreachable_then_recover(hp, cluster, outage):
 
 def test_generated_scripts_pass_sbatch_test_only(cluster, configs, tmp_path):
     """sbatch itself accepts what the builder writes, for the shapes we generate."""
-    from hpcserve_jupyter.spec import resolve
+    from hpcserve_jupyter.resolve import resolve
     from hpcserve_jupyter.targets.base import LaunchRequest
     from hpcserve_jupyter.targets.slurm.target import SlurmTarget
 

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from hpcserve_jupyter.errors import BadInput, TargetUnreachable
-from hpcserve_jupyter.targets.slurm.ssh import (
+from hpcserve_jupyter.targets.slurm.connection import SSHConnection
+from hpcserve_jupyter.targets.slurm.sharing import open_shell, shared_connection
+from hpcserve_jupyter.targets.slurm.shell import (
     AuthenticationFailed,
     CommandTimeout,
     HostKeyMismatch,
@@ -29,12 +31,9 @@ from hpcserve_jupyter.targets.slurm.ssh import (
     RemoteCommandError,
     Secret,
     Shell,
-    SSHConnection,
     SSHUnreachable,
     UnknownHostKey,
     build_command,
-    open_shell,
-    shared_connection,
 )
 
 if TYPE_CHECKING:

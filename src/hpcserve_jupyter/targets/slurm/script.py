@@ -3,8 +3,9 @@
 The script starts one engine per replica on the allocated node(s), each on a free port with its
 own CUDA_VISIBLE_DEVICES slice, writes `endpoint.json` (node and ports) once every engine
 listens, and exits with the status of the first engine that ends, stopping the others.
-Multi-node replicas use a Ray cluster (head on the first node, workers through srun), which
-is how vLLM spans nodes.
+A replica that spans nodes is started the way its backend declares (`ServeSpec.multinode`): on a
+Ray cluster it starts first, on every node through srun with each node's rank, or as one MPI
+world; the script knows the modes, never the engines.
 """
 
 from __future__ import annotations
@@ -18,9 +19,14 @@ from dataclasses import dataclass
 from ...durations import format_duration
 from ...spec import (
     API_KEY,
+    DIST_PORT,
+    HEAD_ADDR,
     HOST,
+    NNODES,
+    NODE_RANK,
     PORT,
     PYTHON,
+    MultiNode,
     ServeSpec,
     env_problem,
     has_placeholder,
@@ -30,6 +36,13 @@ from ...spec import (
 # How each placeholder is written inside the job script.
 SHELL_VALUES = {PORT: "${PORT}", HOST: "${BIND_HOST}", PYTHON: "${HPCSERVE_PYTHON}",
                 API_KEY: "${HPCSERVE_API_KEY}"}
+# ... and inside the command each node runs (per-node multi-node launches): the job step
+# gives each its rank; the head's address and rendezvous port are exported by the script.
+NODE_VALUES = {**SHELL_VALUES, NNODES: "${SLURM_JOB_NUM_NODES}", NODE_RANK: "${SLURM_PROCID}",
+               HEAD_ADDR: "${HEAD_IP}", DIST_PORT: "${DIST_PORT}"}
+# One task per node over all the job's nodes; with block distribution task 0, the engine's
+# rank 0 that serves HTTP, runs on the first node, where this script runs.
+ALL_NODES = 'srun --nodes="$SLURM_JOB_NUM_NODES"'
 JOB_NAME_RE = re.compile(r"[^A-Za-z0-9._-]")
 SBATCH_CHARS = r"A-Za-z0-9_.,:@%+=/&|()\[\]*!-"
 
@@ -53,16 +66,15 @@ class JobOptions:
     gpu_request: str = "gres"  # gres -> --gres=gpu:N ; gpus-per-node -> --gpus-per-node=N
     env: tuple[tuple[str, str], ...] = ()
     bind_host: str = "0.0.0.0"
-    multinode: str = "ray"
 
 
-def shell_word(arg: str) -> str:
+def shell_word(arg: str, values: Mapping[str, str] = SHELL_VALUES) -> str:
     """One argv element as a shell word: literal text single-quoted, placeholders expanded."""
-    parts = re.split("(" + "|".join(re.escape(t) for t in SHELL_VALUES) + ")", arg)
+    parts = re.split("(" + "|".join(re.escape(t) for t in values) + ")", arg)
     out = []
     for part in parts:
-        if part in SHELL_VALUES:
-            out.append(f'"{SHELL_VALUES[part]}"')
+        if part in values:
+            out.append(f'"{values[part]}"')
         elif part:
             out.append(shlex.quote(part))
     return "".join(out) or "''"
@@ -148,11 +160,16 @@ def _sbatch_words(extra: str) -> list[str]:
     return words
 
 
-def engine_command(spec: ServeSpec, opts: JobOptions) -> str:
-    problem = nul_problem(spec.argv, {})
+def engine_command(spec: ServeSpec, opts: JobOptions, *, launcher: Sequence[str] = (),
+                   tail: Sequence[str] = (), values: Mapping[str, str] | None = None) -> str:
+    """The engine's command line as shell words, inside the container when one is set;
+    `launcher` goes before the engine (inside the container), `tail` after its arguments,
+    `values` writes the placeholders (SHELL_VALUES when None)."""
+    argv = (*launcher, *spec.argv, *tail)
+    problem = nul_problem(argv, {})
     if problem:
         raise ValueError(problem)
-    words = [shell_word(a) for a in spec.argv]
+    words = [shell_word(a) if values is None else shell_word(a, values) for a in argv]
     if opts.container_runtime and opts.container_image:
         prefix = [quoted(opts.container_runtime, "container.runtime"), "exec"]
         if spec.gpus:
@@ -212,8 +229,9 @@ def _gpu_slices(spec: ServeSpec) -> list[str]:
 
 
 def _runtime(spec: ServeSpec, opts: JobOptions) -> list[str]:
-    cmd = engine_command(spec, opts)
-    # Values naming the port or host (qdrant's QDRANT__SERVICE__HTTP_PORT) differ per replica.
+    multinode = spec.multinode
+    cmd = _replica_command(spec, opts, multinode)
+    # Values naming the port or host (engines configured by environment) differ per replica.
     per_replica = [f"    export {k}={shell_word(v)}" for k, v in sorted(_env(spec, opts).items())
                    if has_placeholder(v)]
     base = "" if spec.base_port is None else str(spec.base_port)
@@ -232,8 +250,8 @@ def _runtime(spec: ServeSpec, opts: JobOptions) -> list[str]:
         "stop_all() { for p in \"${PIDS[@]}\"; do kill -TERM \"$p\" 2>/dev/null; done; }",
         "trap 'stop_all; wait; exit 143' TERM INT",
     ]
-    if spec.nodes > 1:
-        lines += _ray_head(opts)
+    if multinode is not None:
+        lines += _multinode_setup(multinode)
     lines += [
         'for ((r = 0; r < REPLICAS; r++)); do',
         '  if [ -n "$BASE_PORT" ]; then PORT=$((BASE_PORT + r)); else PORT=$(free_port); fi',
@@ -246,6 +264,7 @@ def _runtime(spec: ServeSpec, opts: JobOptions) -> list[str]:
         '    echo "hpcserve: replica $r on $NODE:$PORT"'
         ' "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-}"',
         *per_replica,
+        *(["    export PORT"] if multinode is not None and multinode.mode == "per-node" else []),
         f"    exec {cmd}",
         '  ) >> "$LOG" 2>&1 &',
         '  PIDS+=("$!")',
@@ -279,10 +298,44 @@ def _runtime(spec: ServeSpec, opts: JobOptions) -> list[str]:
     return lines
 
 
-def _ray_head(opts: JobOptions) -> list[str]:
+def _replica_command(spec: ServeSpec, opts: JobOptions, multinode: MultiNode | None) -> str:
+    """What each replica's subshell execs: the engine, or the job step that starts it on
+    every node (a replica spanning nodes spans them all: one endpoint node per job)."""
+    if multinode is None or multinode.mode == "ray":
+        return engine_command(spec, opts)
+    if multinode.mode == "none":
+        raise ValueError(f"backend {spec.backend!r} cannot run one replica over several nodes")
+    if spec.replicas > 1:
+        raise ValueError(f"backend {spec.backend!r} runs a replica over nodes only as the "
+                         f"job's one replica, not {spec.replicas}: give it all the job's GPUs "
+                         "(gpu_per_replica = gpus x nodes)")
+    if multinode.mode == "mpi":
+        return (f"{ALL_NODES} --ntasks-per-node={max(1, spec.gpus)} --mpi=pmix "
+                + engine_command(spec, opts, launcher=multinode.launcher))
+    # per-node: each task's own shell fills in its rank, so the command is quoted once more.
+    inner = engine_command(spec, opts, tail=multinode.node_args, values=NODE_VALUES)
+    return f"{ALL_NODES} --ntasks-per-node=1 bash -c {shlex.quote(inner)}"
+
+
+def _multinode_setup(multinode: MultiNode) -> list[str]:
+    """What a replica spanning nodes needs before it starts."""
+    why = f" ({multinode.note})" if multinode.note else ""
+    if multinode.mode == "ray":
+        return _ray_head(why)
+    if multinode.mode == "mpi":
+        return [f"# Multi-node: one MPI world, a rank per GPU on every node{why}."]
+    return [
+        f"# Multi-node: the engine starts on every node, told its rank and the head{why}.",
+        'HEAD_IP=$(hostname -I | awk \'{print $1}\')',
+        "DIST_PORT=$(free_port)",
+        "export HEAD_IP DIST_PORT BIND_HOST",
+    ]
+
+
+def _ray_head(why: str) -> list[str]:
     """Multi-node: a Ray head on this (first) node, one worker per other node through srun."""
     return [
-        "# Multi-node: Ray head here, workers on the other nodes (vLLM spans nodes over Ray).",
+        f"# Multi-node: Ray head here, workers on the other nodes{why}.",
         'HEAD_IP=$(hostname -I | awk \'{print $1}\')',
         "RAY_PORT=$(free_port)",
         'RAY="$(dirname "$HPCSERVE_PYTHON")/ray"; [ -x "$RAY" ] || RAY=ray',

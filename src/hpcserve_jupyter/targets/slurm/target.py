@@ -17,12 +17,13 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from ...errors import BadInput, HpcserveError, LaunchError, RecipeError, TargetUnreachable
-from ..base import LaunchRequest, Phase, Target, TargetStatus, exit_text
+from ...errors import BadInput, HpcserveError, LaunchError, TargetUnreachable
+from ..base import LaunchRequest, Phase, SecretSetting, Target, TargetStatus, exit_text
 from . import script
-from .ssh import LocalShell, RemoteCommandError, Shell, SSHSettings, shared_connection
+from .sharing import open_shell
+from .shell import RemoteCommandError, Shell
 from .states import SACCT_FIELDS, SQUEUE_FORMAT, JobInfo, parse_sacct, parse_squeue
 
 LOG_TAIL_BYTES = 16384
@@ -79,18 +80,12 @@ class SlurmConfig(BaseModel):
 
 class SlurmTarget(Target):
     kind = "slurm"
+    settings_model = SlurmConfig
+    can_adopt = True
+    settings: SlurmConfig
 
     def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
-        config = dict(config or {})
-        source = config.pop("_source", (None, None))
         super().__init__(name, config)
-        try:
-            self.settings = SlurmConfig.model_validate(config)
-        except ValidationError as exc:
-            from ...yamlfile import explain
-
-            raise RecipeError(f"target {name!r}: {explain(exc.errors()[0])}", path=source[0],
-                              line=source[1]) from None
         self._shell: Shell | None = None
         self._base: str | None = None
         self._accounting = self.settings.accounting
@@ -99,17 +94,16 @@ class SlurmTarget(Target):
     # ------------------------------------------------------------------ plumbing
 
     def shell(self) -> Shell:
+        """This machine for `host: local`, else the cluster's one shared SSH connection."""
         if self._shell is None:
             s = self.settings
-            if s.host == "local":
-                self._shell = LocalShell()
-            else:
-                passphrase = os.environ.get(s.key_passphrase_env) if s.key_passphrase_env else None
-                self._shell = shared_connection(SSHSettings(
-                    host=s.host, port=s.port, user=s.user, key_file=s.key,
-                    key_passphrase=passphrase, key_passphrase_file=s.key_passphrase_file,
-                    use_agent=s.use_agent, proxy_jump=s.jump, known_hosts_file=s.known_hosts,
-                    trust_on_first_use=s.trust_on_first_use, ssh_config_file=s.ssh_config))
+            passphrase = os.environ.get(s.key_passphrase_env) if s.key_passphrase_env else None
+            ssh: dict[str, object] = {} if s.host == "local" else dict(
+                port=s.port, user=s.user, key_file=s.key, key_passphrase=passphrase,
+                key_passphrase_file=s.key_passphrase_file, use_agent=s.use_agent,
+                proxy_jump=s.jump, known_hosts_file=s.known_hosts,
+                trust_on_first_use=s.trust_on_first_use, ssh_config_file=s.ssh_config)
+            self._shell = open_shell(s.host, **ssh)
         return self._shell
 
     def _run(self, argv: list[str], **kw: Any) -> Any:
@@ -395,6 +389,12 @@ class SlurmTarget(Target):
         except OSError:  # the job has not started writing yet
             return "", offset
         return data.decode("utf-8", "replace"), offset + len(data)
+
+    def secret_settings(self) -> list[SecretSetting]:
+        """The key's passphrase, when the settings name a variable for it."""
+        s = self.settings
+        return [SecretSetting("SSH key passphrase", s.key_passphrase_env)] \
+            if s.key_passphrase_env else []
 
     async def close(self) -> None:
         # The SSH connection is shared by every target of the same cluster: leave it open.

@@ -10,7 +10,7 @@ arguments to Kubernetes unchanged), so the key is never inline in the command. A
 in argv is escaped as `$$(` so Kubernetes leaves it alone.
 
 Secrets: the pod's `environment_variables` is the ONE place a secret goes — the per-session API
-key under the engine's variable (spec.secret_env, e.g. API_KEY for llama.cpp) and, if the argv
+key under the engine's variable (spec.secret_env, e.g. API_KEY) and, if the argv
 uses the placeholder, HPCSERVE_API_KEY; the Hugging Face token (HF_TOKEN and
 HUGGING_FACE_HUB_TOKEN) when `hf_token_env` names a set variable. The engine cannot get them any
 other way; be aware that anyone who may read the pod through the Pods API sees its environment.
@@ -89,7 +89,7 @@ def uses_key_placeholder(spec: ServeSpec) -> bool:
 def environment(req: LaunchRequest, s: TapisPodsConfig) -> tuple[dict[str, str], list[str]]:
     """The pod's environment and the secret values in it."""
     spec = req.spec
-    # Placeholders in values (qdrant's QDRANT__SERVICE__HTTP_PORT={HPCSERVE_PORT}) are filled
+    # Placeholders in values (an engine configured by `PORT_VAR={HPCSERVE_PORT}`) are filled
     # in as on the other targets; the API key only below, as a secret.
     fill = {PORT: str(s.port), HOST: BIND_HOST, PYTHON: s.python}
     env: dict[str, str] = {k: render(str(v), fill) for k, v in {**s.env,

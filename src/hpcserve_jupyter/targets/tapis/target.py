@@ -41,11 +41,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
-from ...errors import BadInput, HpcserveError, LaunchError, RecipeError, TargetUnreachable
+from ...errors import BadInput, HpcserveError, LaunchError, TargetUnreachable
 from ...secrets import redact
-from ..base import LaunchRequest, Phase, Target, TargetStatus
+from ..base import LaunchRequest, Phase, SecretSetting, Target, TargetStatus
 from . import deploy, states
 from .client import PodsApi
 from .config import TapisPodsConfig
@@ -56,26 +54,20 @@ log = logging.getLogger(__name__)
 LOG_TAIL_LINES = 40
 ENDED_MEMORY = 256  # pods that ended and were deleted: statuses and logs kept in memory
 FINAL_LOG_BYTES = 1 << 20  # the end of one pod's logs, kept to be read after its deletion
-# Memory for all kept logs together: without it, 256 pods' logs (~100 KB of text from a
-# llama.cpp start, up to 4 bytes a character in memory) grew a long-lived server by hundreds
+# Memory for all kept logs together: without it, 256 pods' logs (~100 KB of text from an
+# engine's start, up to 4 bytes a character in memory) grew a long-lived server by hundreds
 # of MB (found by the R11 soak).
 FINAL_LOGS_BUDGET = 4 << 20
 
 
 class TapisPodsTarget(Target):
     kind = "tapis-pods"
+    settings_model = TapisPodsConfig
+    can_adopt = True
+    settings: TapisPodsConfig
 
     def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
-        config = dict(config or {})
-        source = config.pop("_source", (None, None))
-        try:
-            self.settings = TapisPodsConfig.model_validate(config)
-        except ValidationError as exc:
-            from ...yamlfile import explain
-
-            raise RecipeError(f"target {name!r}: {explain(exc.errors()[0])}", path=source[0],
-                              line=source[1]) from None
-        super().__init__(name, self.settings.model_dump())
+        super().__init__(name, config)
         self.api = PodsApi(self.settings)
         self._final_logs: dict[str, str] = {}  # pod id -> logs read just before deleting it
         self._ended: dict[str, TargetStatus] = {}  # pod id -> how it ended (cleaned up)
@@ -152,6 +144,14 @@ class TapisPodsTarget(Target):
         return " and ".join(left)
 
     # ------------------------------------------------------------------ adopt
+
+    def secret_settings(self) -> list[SecretSetting]:
+        s = self.settings
+        found = [SecretSetting("Tapis password", s.password_env),
+                 SecretSetting("Tapis access token", s.token_env)]
+        if s.hf_token_env:
+            found.append(SecretSetting("Hugging Face token", s.hf_token_env))
+        return found
 
     async def adopt(self, session_id: str, name: str) -> dict[str, Any] | None:
         """After a launch whose handle was never recorded: the handle of the pod created for

@@ -1,5 +1,7 @@
-"""What the magics (and the control panel) show: tables with coloured state badges as HTML for
-notebooks, aligned plain text for terminals. Pure Python: no IPython or ipywidgets imports.
+"""What the front ends show: session and catalog tables with coloured state badges as HTML for
+notebooks (magics, control panel), aligned plain text for terminals (the `hpcserve` CLI, IPython).
+One module for all of them, so a column or a state's wording is decided once. Pure Python: no
+IPython or ipywidgets imports, so the CLI loads it without Jupyter.
 
 Each view keeps the objects it shows (`SessionList` is a list of Session), so a cell's result is
 also data: `%serve status` returns the sessions, `%serve recipes` the recipe summaries.
@@ -9,8 +11,13 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from IPython.lib.pretty import PrettyPrinter
+
+    from .sessions import Session
 
 STATE_COLOURS = {
     "pending": "#8d6e00", "starting": "#1565c0", "ready": "#2e7d32", "stopping": "#ef6c00",
@@ -28,6 +35,7 @@ def badge(state: str, unreachable: bool = False) -> str:
 
 
 def age(seconds: float) -> str:
+    """A duration as a table shows it: 45s, 12m, 3h05m."""
     seconds = max(0, int(seconds))
     if seconds < 120:
         return f"{seconds}s"
@@ -36,11 +44,12 @@ def age(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def text_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    rows = [[str(c) for c in row] for row in rows]
-    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in [list(header), *rows])
+def text_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """Columns aligned with two spaces between them, the header first, no trailing blanks."""
+    lines = [list(header), *([str(c) for c in row] for row in rows)]
+    widths = [max(len(x) for x in col) for col in zip(*lines, strict=True)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+                     for line in lines)
 
 
 def html_table(header: Sequence[str], rows: Iterable[Sequence[str]], *,
@@ -69,15 +78,15 @@ class _View:
     def __repr__(self) -> str:
         return self.text()
 
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+    def _repr_pretty_(self, p: PrettyPrinter, cycle: bool) -> None:
         p.text(self.text())
 
     def _repr_html_(self) -> str:
         return self.html()
 
 
-def _state(s: Any) -> str:
-    return str(s.state) + (" (unreachable)" if getattr(s, "unreachable", False) else "")
+def _state(s: Session) -> str:
+    return str(s.state) + (" (unreachable)" if s.unreachable else "")
 
 
 class SessionList(list, _View):
@@ -85,7 +94,7 @@ class SessionList(list, _View):
 
     HEADER = ("ID", "NAME", "RECIPE", "BACKEND", "TARGET", "STATE", "AGE", "ENDPOINT")
 
-    def __init__(self, sessions: Iterable[Any] = (), empty: str = "no sessions") -> None:
+    def __init__(self, sessions: Iterable[Session] = (), empty: str = "no sessions") -> None:
         super().__init__(sessions)
         self.empty = empty
 
@@ -114,7 +123,7 @@ class SessionDetail(_View):
     FIELDS = ("id", "name", "recipe", "backend", "target", "state", "reason", "model",
               "endpoints", "owner")
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Session) -> None:
         self.session = session
 
     def _pairs(self) -> list[tuple[str, str]]:
@@ -148,7 +157,7 @@ class SessionDetail(_View):
 class SessionNote(_View):
     """A one-line outcome: `NAME: STATE` (after stop, keepalive, use...)."""
 
-    def __init__(self, session: Any, message: str | None = None) -> None:
+    def __init__(self, session: Session, message: str | None = None) -> None:
         self.session = session
         self.message = message
 
@@ -162,21 +171,28 @@ class SessionNote(_View):
         return f"<code>{html.escape(s.name)}</code>: {what}"
 
 
+Column = tuple[str, str | Callable[[dict[str, Any]], object]]  # (header, key or function)
+
+
 class Table(list, _View):
     """Rows of dicts (recipes, targets) shown with chosen columns."""
 
-    def __init__(self, rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, Any]],
+    def __init__(self, rows: Iterable[dict[str, Any]], columns: Sequence[Column],
                  empty: str = "nothing to show") -> None:
         super().__init__(rows)
-        self.columns = columns  # (header, key or callable)
+        self.columns = columns
         self.empty = empty
 
     def _cells(self) -> list[list[str]]:
         return [[str(get(r) if callable(get) else r.get(get, "")) for _, get in self.columns]
                 for r in self]
 
+    def grid(self) -> str:
+        """The text table, its header even when there are no rows (what the CLI prints)."""
+        return text_table([h for h, _ in self.columns], self._cells())
+
     def text(self) -> str:
-        return text_table([h for h, _ in self.columns], self._cells()) if self else self.empty
+        return self.grid() if self else self.empty
 
     def html(self) -> str:
         if not self:
@@ -211,20 +227,22 @@ def recipes_table(recipes: list[dict[str, Any]]) -> Table:
         empty="no recipes")
 
 
-def targets_table(targets: list[dict[str, Any]]) -> Table:
-    return Table(targets, [
+def targets_table(targets: list[dict[str, Any]], *, where: bool = True) -> Table:
+    """NAME KIND GPUS, and WHERE (host or URL) unless `where` is False (the CLI's table)."""
+    columns: list[Column] = [
         ("NAME", "name"), ("KIND", "kind"),
-        ("GPUS", lambda t: ",".join(map(str, t.get("gpus") or [])) or "-"),
-        ("WHERE", lambda t: t.get("host") or t.get("base_url") or "this machine")],
-        empty="no targets")
+        ("GPUS", lambda t: ",".join(map(str, t.get("gpus") or [])) or "-")]
+    if where:
+        columns.append(("WHERE", lambda t: t.get("host") or t.get("base_url") or "this machine"))
+    return Table(targets, columns, empty="no targets")
 
 
-def progress_line(session: Any, elapsed: float) -> str:
+def progress_line(session: Session, elapsed: float) -> str:
     reason = f" ({session.reason})" if session.reason and session.reason != "serving" else ""
     return f"{session.name}: {_state(session)}{reason}, {elapsed:.1f} s"
 
 
-def progress_html(session: Any, elapsed: float) -> str:
+def progress_html(session: Session, elapsed: float) -> str:
     reason = (f" {html.escape(session.reason)}" if session.reason and session.reason != "serving"
               else "")
     state = badge(str(session.state), session.unreachable)
