@@ -115,6 +115,10 @@ class SessionService:
     def get(self, key: str) -> Session:
         return self.manager.get(key)
 
+    def find(self, session_id: str) -> Session | None:
+        """The stored session with exactly this id, as it is now (None if there is none)."""
+        return self.manager.store.get(session_id)
+
     async def stop(self, key: str) -> Session:
         return await self.manager.stop(key)
 

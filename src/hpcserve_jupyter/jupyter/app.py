@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from ..manager import SessionManager
     from ..service import SessionService
     from ..sessions import Session
+    from .h11client import Pool
+    from .lookup import SessionLookup
 
 
 def _duration_or_off(value: str) -> str:
@@ -139,6 +141,8 @@ class HpcserveApp(ExtensionApp):
         self.manager = self.service.manager
         self.groups = {}
         self._http: httpx.AsyncClient | None = None
+        self._pool: Pool | None = None
+        self._lookup: SessionLookup | None = None
         self._started: asyncio.Future[None] | None = None
         self._streams: set[Any] = set()
         self._touched: dict[str, float] = {}
@@ -176,6 +180,12 @@ class HpcserveApp(ExtensionApp):
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        if self._lookup is not None:
+            self._lookup.close()
+            self._lookup = None
         if self._started is not None and not self._started.done():
             self._started.cancel()
         await self.service.close()
@@ -196,6 +206,25 @@ class HpcserveApp(ExtensionApp):
                                            follow_redirects=False)
             self._http.headers = httpx.Headers()  # forward the client's headers, add none
         return self._http
+
+    def upstream_pool(self) -> Pool:
+        """The proxy's and the gateway's keep-alive connections to engines (h11client.py):
+        their hot path; health checks and cold paths use client()."""
+        if self._pool is None or self._pool.closed:
+            from .h11client import Pool, Timeouts
+
+            self._pool = Pool(Timeouts(connect=self.proxy_connect_timeout,
+                                       read=self.proxy_read_timeout,
+                                       write=self.proxy_write_timeout))
+        return self._pool
+
+    def lookup(self) -> SessionLookup:
+        """Session lookups for the proxy and the gateway, cached until the store changes."""
+        if self._lookup is None:
+            from .lookup import SessionLookup
+
+            self._lookup = SessionLookup(self.manager)
+        return self._lookup
 
     def group(self, session: Session) -> ReplicaGroup:
         """The replica group of a session, following its current endpoints."""

@@ -8,6 +8,7 @@ official `openai` SDK at `<server>/hpcserve/v1` with the Jupyter token as its ap
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -17,7 +18,7 @@ from tornado import web
 
 from ..sessions import Session, State
 from .base import ApiError, ClientGone, HpcserveHandler, RelayMixin, error_body
-from .proxy import open_upstream, relay, require_ready
+from .upstream import ACTIVITY_DELAY, open_upstream, relay, require_ready
 
 # The client headers the gateway passes on (the rest, credentials included, stay here).
 FORWARDED = frozenset({"accept", "user-agent", "openai-organization",
@@ -71,8 +72,8 @@ class ModelsHandler(GatewayHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        mgr = await self.manager()
-        ready = [s for s in mgr.sessions(live_only=True)
+        await self.service()  # started
+        ready = [s for s in self.ext.lookup().live()
                  if s.state == State.READY and s.api_flavour == "openai"]
         self.write_json({"object": "list", "data": [model_card(s) for s in ready]})
 
@@ -81,8 +82,8 @@ class ModelHandler(GatewayHandler):
     @web.authenticated
     @authorized
     async def get(self, model: str) -> None:
-        mgr = await self.manager()
-        self.write_json(model_card(route(mgr.sessions(live_only=True), model)))
+        await self.service()  # started
+        self.write_json(model_card(route(self.ext.lookup().live(), model)))
 
 
 class InferenceHandler(RelayMixin, GatewayHandler):
@@ -108,8 +109,8 @@ class InferenceHandler(RelayMixin, GatewayHandler):
         if not isinstance(model, str) or not model:
             raise ApiError(400, "the 'model' field must name a session",
                            detail="GET /hpcserve/v1/models lists them")
-        mgr = await self.manager()
-        session = route(mgr.sessions(live_only=True), model)
+        svc = await self.service()
+        session = route(self.ext.lookup().live(), model)
         if session.api_flavour != "openai":
             raise ApiError(400, f"session {session.name} serves the {session.api_flavour} API, "
                            "not OpenAI's", detail=f"use /hpcserve/proxy/{session.id}/")
@@ -118,14 +119,18 @@ class InferenceHandler(RelayMixin, GatewayHandler):
         content = json.dumps(body).encode()
         headers = [(k, v) for k, v in self.request.headers.get_all() if k.lower() in FORWARDED]
         headers.append(("Content-Type", "application/json"))
-        headers.append(("Authorization", f"Bearer {mgr.api_key(session)}"))
+        headers.append(("Authorization", f"Bearer {svc.api_key(session)}"))
         if not any(k.lower() == "accept-encoding" for k, _ in headers):
             headers.append(("Accept-Encoding", "identity"))
-        self.activity(session)
+        opening = asyncio.ensure_future(open_upstream(
+            self, session, method="POST", path=f"/v1/{self.endpoint}", query="",
+            headers=headers, body=lambda: content, admit=True))
+        # Activity (an SQLite write, at most once a second per session) is recorded shortly
+        # after the request left, off the path to the first byte; relay() records it again at
+        # the end, and every 15 s of a long answer.
+        asyncio.get_running_loop().call_later(ACTIVITY_DELAY, self.activity, session)
         try:
-            up = await self.until_gone(open_upstream(
-                self, session, method="POST", path=f"/v1/{self.endpoint}", query="",
-                headers=headers, body=lambda: content, admit=True))
+            up = await self.until_gone(opening)
         except ClientGone:
             return
         await relay(self, up, session)
@@ -140,8 +145,8 @@ class LiveHandler(HpcserveHandler):
     @web.authenticated
     @authorized
     async def get(self, id: str) -> None:
-        mgr = await self.manager()
-        s = mgr.get(id)
+        svc = await self.service()
+        s = svc.get(id)
         live = s.state in (State.STARTING, State.READY) and not s.unreachable
         self.write_json({"live": live, "session_id": s.id, "state": str(s.state),
                          "reason": s.reason, "unreachable": s.unreachable},
@@ -154,8 +159,8 @@ class ReadyHandler(HpcserveHandler):
     @web.authenticated
     @authorized
     async def get(self, id: str) -> None:
-        mgr = await self.manager()
-        s = mgr.get(id)
+        svc = await self.service()
+        s = svc.get(id)
         replicas: list[dict[str, Any]] = []
         if s.state == State.READY and s.endpoints:
             group = self.ext.group(s)
@@ -174,8 +179,8 @@ class ModelInfoHandler(HpcserveHandler):
     @web.authenticated
     @authorized
     async def get(self, id: str) -> None:
-        mgr = await self.manager()
-        s = mgr.get(id)
+        svc = await self.service()
+        s = svc.get(id)
         info: dict[str, Any] = {
             "session_id": s.id, "name": s.name, "state": str(s.state), "recipe": s.recipe,
             "backend": s.backend, "target": s.target, "served_model": s.model,
@@ -186,7 +191,7 @@ class ModelInfoHandler(HpcserveHandler):
             try:
                 r = await self.ext.client().get(
                     s.endpoints[0] + "/v1/models", timeout=10.0,
-                    headers={"Authorization": f"Bearer {mgr.api_key(s)}"})
+                    headers={"Authorization": f"Bearer {svc.api_key(s)}"})
                 info["engine"] = r.json() if r.status_code < 400 else {
                     "error": f"the engine answered {r.status_code}"}
             except (httpx.HTTPError, ValueError) as exc:
