@@ -321,10 +321,15 @@ def test_ssh_config_host_alias(cluster: ClusterEnv, tmp_path: Path) -> None:
 
 
 def assert_came_through_sshd(connection: SSHConnection) -> None:
-    """The target sshd's client must be the jump sshd, not this test process."""
-    client_port = int(connection.run(["sh", "-c", "echo $SSH_CONNECTION"]).stdout.split()[1])
+    """The target sshd's client must be the jump sshd, not this test process.
+
+    The socket is named by both ports: Linux gives one ephemeral port to several outgoing
+    connections to different destinations, so the source port alone also matched an unrelated
+    socket of this process (a CI run failed on that)."""
+    fields = connection.run(["sh", "-c", "echo $SSH_CONNECTION"]).stdout.split()
+    client_port, server_port = int(fields[1]), int(fields[3])
     owners = subprocess.run(["ss", "-tnpH", "state", "established",
-                             f"( sport = :{client_port} )"],
+                             f"( sport = :{client_port} and dport = :{server_port} )"],
                             capture_output=True, text=True, check=True).stdout
     assert '"sshd"' in owners, owners
     assert f"pid={os.getpid()}," not in owners, owners
