@@ -4,8 +4,8 @@
     hp = facade_fixture(scope="module")   # one facade for the module's tests, as `hp`
 
 Its own state directory, the default `local` target only (no user targets file), a fast monitor
-(0.5 s), and on teardown every live session stopped before the facade closes, so no engine
-outlives its test module. `make_facade(home)` is the same as a context manager.
+(0.5 s), and on teardown every live session stopped and job cancelled before the facade closes,
+so no engine outlives its test module. `make_facade(home)` is the same as a context manager.
 (A module of its own: a conftest is not importable by name when several exist.)
 """
 
@@ -36,6 +36,9 @@ def make_facade(home: Path, **kwargs: Any) -> Iterator[Hpcserve]:
             for s in facade.sessions(live_only=True):
                 with contextlib.suppress(HpcserveError):
                     facade.stop(s.id)
+            for j in facade.jobs(live_only=True):
+                with contextlib.suppress(HpcserveError):
+                    facade.cancel_job(j.id)
         finally:
             facade.close()
 

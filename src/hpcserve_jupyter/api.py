@@ -16,8 +16,10 @@ import contextlib
 import itertools
 import threading
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import jobinput
 from .errors import HpcserveError
 from .events import Subscription, cancel_task, deliver, subscriptions_of
 from .prompting import Prompting, require_ready
@@ -25,6 +27,8 @@ from .prompting import Prompting, require_ready
 if TYPE_CHECKING:  # imported when first used: `import hpcserve_jupyter.api` stays fast (P5)
     from .client import Client
     from .facade import Facade, SecretField
+    from .jobhandle import JobHandle
+    from .jobs import Job
     from .manager import SessionManager
     from .service import SessionService
     from .sessions import Session
@@ -173,6 +177,51 @@ class Hpcserve(Prompting):
 
     def events(self, key: str | None = None) -> list[dict[str, Any]]:
         return self.service.events(key)
+
+    # ------------------------------------------------------------------ one-off jobs
+
+    def submit_job(self, recipe: str, input: str | Path, *, on: str = "local",
+                   backend: str | None = None, name: str | None = None,
+                   output: str | Path | None = None, concurrency: int = 8,
+                   resume: str | None = None, **overrides: Any) -> JobHandle:
+        """Submit a batch job over an OpenAI Batch file; returns at once (job.wait() waits)."""
+        from .jobhandle import JobHandle
+
+        job = self._loop.run(self.service.submit_job(
+            recipe, input, target=on, backend=backend, name=name, output=output,
+            concurrency=concurrency, resume=resume, overrides=overrides))
+        return JobHandle(self, job)
+
+    def batch_job(self, recipe: str, prompts: Any, *, url: str = "/v1/chat/completions",
+                  system: str | None = None, params: dict[str, Any] | None = None,
+                  on: str = "local", backend: str | None = None, name: str | None = None,
+                  concurrency: int = 8, **overrides: Any) -> JobHandle:
+        """A batch job from prompts (a list, or a pandas Series: its index labels become the
+        custom_ids), written as an OpenAI Batch file in the state directory."""
+        path = jobinput.write_prompts(self.service.home, prompts, url=url, system=system,
+                                      params=params)
+        return self.submit_job(recipe, path, on=on, backend=backend, name=name,
+                               concurrency=concurrency, **overrides)
+
+    def jobs(self, *, live_only: bool = False) -> list[Job]:
+        return self.service.jobs(live_only=live_only)
+
+    def job_status(self, key: str) -> Job:
+        return self.service.get_job(key)
+
+    def wait_job(self, key: str, *, timeout: float | None = None,
+                 progress: Callable[[Job], None] | None = None) -> Job:
+        return self._loop.run(self.service.wait_job(key, timeout=timeout, progress=progress))
+
+    def cancel_job(self, key: str) -> Job:
+        return self._loop.run(self.service.cancel_job(key))
+
+    def job_logs(self, key: str, tail: int | None = 100) -> str:
+        return self._loop.run(self.service.job_logs(key, tail))
+
+    def job_results(self, key: str, *, output: str | Path | None = None) -> Path:
+        path = self._loop.run(self.service.job_results(key))
+        return jobinput.copy_out(path, output) if output else path
 
     # ------------------------------------------------------------------ prompting
 

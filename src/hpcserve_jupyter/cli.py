@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from . import views
 from .cmdargs import add_launch_arguments, count_arg, launch_overrides, seconds_arg
+from .jobcli import add_job_parser, cmd_job
 
 if TYPE_CHECKING:
     from .facade import Facade
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     mo = sub.add_parser("monitor", help="run the monitor loop in the foreground (autostop, "
                         "status) until Ctrl-C")
     mo.add_argument("--interval", type=seconds_arg, default=5.0)
+    add_job_parser(sub)
     return p
 
 
@@ -294,10 +296,14 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         api.close()
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    return cmd_job(args, _api())
+
+
 COMMANDS = {
     "recipes": cmd_recipes, "targets": cmd_targets, "launch": cmd_launch, "status": cmd_status,
     "logs": cmd_logs, "prompt": cmd_prompt, "chat": cmd_chat, "stop": cmd_stop,
-    "keepalive": cmd_keepalive, "monitor": cmd_monitor,
+    "keepalive": cmd_keepalive, "monitor": cmd_monitor, "job": cmd_jobs,
 }
 
 if __name__ == "__main__":

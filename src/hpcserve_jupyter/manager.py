@@ -15,7 +15,7 @@ import logging
 import secrets as _random
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,10 @@ class SessionManager:
         self._wake = asyncio.Event()
         self.probe_interval = min(0.25, poll_interval)
         self.ticks = 0
+        # What else is monitored on each tick (one-off jobs) and told of changes that other
+        # processes wrote to the shared event log about things that are not sessions.
+        self.tick_hooks: list[Callable[[], Awaitable[None]]] = []
+        self.event_followers: list[Callable[[dict[str, Any]], None]] = []
 
     # ------------------------------------------------------------------ wiring
 
@@ -357,6 +361,11 @@ class SessionManager:
                     self._set(s, State.READY, "serving", event="ready")
 
     @property
+    def monitored(self) -> bool:
+        """Whether this manager's monitor loop runs (else waiting callers tick themselves)."""
+        return self._monitor is not None
+
+    @property
     def monitoring(self) -> bool:
         """Whether this manager is the one that monitors the state directory."""
         return self._monitor_lock.try_acquire()
@@ -385,6 +394,11 @@ class SessionManager:
                     with contextlib.suppress(StaleSession):
                         await self._recover_launch(s)
             await asyncio.gather(*(self._poll_target(t, ss) for t, ss in by_target.items()))
+            for hook in self.tick_hooks:
+                try:
+                    await hook()
+                except Exception:  # one failing monitor must not stop the others
+                    log.exception("monitor hook %r failed", hook)
 
     async def _recover_launch(self, s: Session) -> None:
         """Ask the target whether a job/process of this interrupted launch exists: adopt it
@@ -579,7 +593,9 @@ class SessionManager:
             if sid not in current:
                 current[sid] = self.store.get(sid)
             s = current[sid]
-            if s is None:
+            if s is None:  # not a session: a job's event
+                for follower in self.event_followers:
+                    follower(e)
                 continue
             if last[sid] == n:  # its newest change: the session as it is now
                 self._publish(s, e["kind"])
@@ -590,7 +606,10 @@ class SessionManager:
     def _publish(self, s: Session, kind: str, public: dict[str, Any] | None = None) -> None:
         public = public or s.public()
         self._published[s.id] = (str(public["state"]), bool(public.get("unreachable")))
-        event = {"type": kind, "session": public, "ts": time.time()}
+        self.broadcast({"type": kind, "session": public, "ts": time.time()})
+
+    def broadcast(self, event: dict[str, Any]) -> None:
+        """Push one event to every subscriber (a job's change, too)."""
         for q in list(self._subscribers):
             try:
                 q.put_nowait(event)

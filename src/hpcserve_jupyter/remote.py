@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
+from . import jobinput, paths
 from .client import Client
 from .errors import (
     BadInput,
@@ -41,6 +42,8 @@ from .errors import (
 from .events import Subscription, deliver
 from .facade import SecretField
 from .httperrors import response_error, unreachable, unreachable_on_http_error
+from .jobhandle import JobHandle
+from .jobs import Job
 from .prompting import Prompting, require_ready
 from .sessions import Session, State
 
@@ -241,6 +244,117 @@ class RemoteHpcserve(Prompting):
         params = {"session": key} if key else {}
         return self._call("GET", "events", "log", params=params)["events"]
 
+    # ------------------------------------------------------------------ one-off jobs
+
+    def submit_job(self, recipe: str, input: str | Path, *, on: str = "local",
+                   backend: str | None = None, name: str | None = None,
+                   output: str | Path | None = None, concurrency: int = 8,
+                   resume: str | None = None, **overrides: Any) -> JobHandle:
+        """Submit a batch job over an OpenAI Batch file; returns at once (job.wait() waits).
+        The server reads `input` (and writes `output`) itself: paths on the machine it shares
+        with this kernel, made absolute here, where a relative path means this directory."""
+        body = {"recipe": recipe, "input": _absolute(input), "target": on, "backend": backend,
+                "name": name, "output": _absolute(output) if output else None,
+                "concurrency": concurrency, "resume": resume, "overrides": overrides}
+        return JobHandle(self, Job.from_dict(self._call("POST", "jobs", json=body)))
+
+    def batch_job(self, recipe: str, prompts: Any, *, url: str = "/v1/chat/completions",
+                  system: str | None = None, params: dict[str, Any] | None = None,
+                  on: str = "local", backend: str | None = None, name: str | None = None,
+                  concurrency: int = 8, **overrides: Any) -> JobHandle:
+        """A batch job from prompts (a list, or a pandas Series: its index labels become the
+        custom_ids), written as an OpenAI Batch file (0600) in this user's state directory,
+        which the server, running as the same user on this machine, reads."""
+        path = jobinput.write_prompts(paths.home(), prompts, url=url, system=system,
+                                      params=params)
+        return self.submit_job(recipe, path, on=on, backend=backend, name=name,
+                               concurrency=concurrency, **overrides)
+
+    def jobs(self, *, live_only: bool = False) -> list[Job]:
+        data = self._call("GET", "jobs", params={"live": "1" if live_only else "0"})
+        return [Job.from_dict(j) for j in data["jobs"]]
+
+    def job_status(self, key: str) -> Job:
+        return Job.from_dict(self._call("GET", "jobs", key))
+
+    def wait_job(self, key: str, *, timeout: float | None = None,
+                 progress: Callable[[Job], None] | None = None) -> Job:
+        """Until the job ends, following the server's event stream (its progress events too):
+        `progress(job)` first and after every change of state or counts."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        job = self.job_status(key)
+        sub: Subscription | None = None
+        try:
+            while True:
+                if progress:
+                    progress(job)
+                if job.state.terminal:
+                    return job
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise NotReady(f"job {job.name} is still {job.state} after {timeout:.0f} s",
+                                   hint="wait longer, or check hpcserve job status")
+                if sub is None or sub.closed:  # (re)subscribe, then look: nothing is missed
+                    sub = self.watch(snapshot=False)
+                    current = self.job_status(job.id)
+                    if _job_moved(job, current):
+                        job = current
+                        continue
+                job = self._next_job_change(sub, job, left)
+        finally:
+            if sub is not None:
+                sub.close()
+
+    def _next_job_change(self, sub: Subscription, job: Job, left: float | None) -> Job:
+        """The job after its next change in `sub`, else as it is once `left` seconds (at most
+        REPOLL) have passed or the stream has ended (see _next_change)."""
+        until = time.monotonic() + (REPOLL if left is None else min(left, REPOLL))
+        while (remaining := until - time.monotonic()) > 0:
+            event = sub.get(timeout=remaining)
+            if event is None:
+                break
+            found = event.get("job")
+            if found and found.get("id") == job.id:
+                changed = Job.from_dict(found)
+                if _job_moved(job, changed):
+                    return changed
+        return self.job_status(job.id)
+
+    def cancel_job(self, key: str) -> Job:
+        return Job.from_dict(self._call("DELETE", "jobs", key))
+
+    def job_logs(self, key: str, tail: int | None = 100) -> str:
+        return self._call("GET", "jobs", key, "logs", params={"tail": tail or 0})
+
+    def job_results(self, key: str, *, output: str | Path | None = None) -> Path:
+        """The job's output JSONL as it is now, downloaded from the server (streamed to disk)
+        to `output` (a file, or a directory to put it in), else to a private file (0600) in
+        this user's state directory that the next call for the job replaces."""
+        job = self.job_status(key)
+        if output is None:
+            folder = paths.home() / "job-results"
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            target = folder / f"{job.id}.jsonl"
+        else:
+            target = Path(output).expanduser().absolute()
+            if target.is_dir():
+                target = target / Path(job.output).name
+        tmp = target.with_name(f".{target.name}.part")
+        try:
+            with (self._unreachable(),
+                  self._http.stream("GET", self._url("jobs", job.id, "results")) as response):
+                if response.status_code >= 400:
+                    raise _error_from(response)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    for chunk in response.iter_bytes(1 << 20):
+                        out.write(chunk)
+            os.replace(tmp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return target
+
     # ------------------------------------------------------------------ events (front ends)
 
     def watch(self, *, snapshot: bool = True) -> Subscription:
@@ -315,6 +429,17 @@ class RemoteHpcserve(Prompting):
 
 
 # ---------------------------------------------------------------------- finding the server
+
+
+def _absolute(path: str | Path) -> str:
+    """A path as the server must read it: absolute, `~` expanded, here."""
+    return str(Path(path).expanduser().absolute())
+
+
+def _job_moved(before: Job, after: Job) -> bool:
+    """Whether a job's state or counts changed (what a progress display shows)."""
+    return ((before.state, before.done, before.failed, before.total)
+            != (after.state, after.done, after.failed, after.total))
 
 
 def find_server(*, check: bool = True, timeout: float = 5.0) -> ServerInfo | None:

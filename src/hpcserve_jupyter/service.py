@@ -15,8 +15,10 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInput
+from .errors import BadInput, NotFound
 from .facade import SecretField
+from .jobmanager import JobLimits, JobManager
+from .jobs import Job
 from .manager import SessionManager
 from .recipes import Catalog, recipe_dirs
 from .resolve import LaunchDefaults
@@ -25,15 +27,18 @@ from .targets import load_target_configs
 
 
 class SessionService:
-    """Catalog, targets, secrets, sessions and events, over one SessionManager."""
+    """Catalog, targets, secrets, sessions, one-off jobs and events, over one SessionManager
+    (and the JobManager beside it)."""
 
-    def __init__(self, manager: SessionManager) -> None:
+    def __init__(self, manager: SessionManager, job_limits: JobLimits | None = None) -> None:
         self.manager = manager
+        self.job_manager = JobManager(manager, job_limits)
 
     @classmethod
     def configured(cls, *, state_dir: Path | None = None, extra_recipe_dirs: Sequence[Path] = (),
                    targets_file: Path | None = None, defaults: LaunchDefaults | None = None,
                    on_config_error: Callable[[str], None] | None = None,
+                   job_limits: JobLimits | None = None,
                    **manager_kwargs: Any) -> SessionService:
         """A service from a front end's settings: state directory, extra recipe directories
         (searched after the built-in and user ones), a targets file and launch defaults.
@@ -54,7 +59,7 @@ class SessionService:
                 on_config_error(f"targets file {targets_file}: {exc}")
         manager = SessionManager(state_dir, catalog=catalog, target_configs=configs,
                                  defaults=defaults, **manager_kwargs)
-        return cls(manager)
+        return cls(manager, job_limits)
 
     async def start(self, *, monitor: bool = True) -> None:
         await self.manager.start(monitor=monitor)
@@ -142,17 +147,61 @@ class SessionService:
     def follow_logs(self, key: str, *, from_start: bool = True) -> AsyncIterator[str]:
         return self.manager.follow_logs(key, from_start=from_start)
 
+    # ------------------------------------------------------------------ one-off jobs
+
+    async def submit_job(self, recipe: str, input: str | Path, *, target: str = "local",
+                         backend: str | None = None, name: str | None = None,
+                         output: str | Path | None = None, concurrency: int = 8,
+                         resume: str | None = None, overrides: Mapping[str, Any] | None = None,
+                         owner: str | None = None) -> Job:
+        return await self.job_manager.submit(
+            recipe, input, target=target, backend=backend, name=name, output=output,
+            concurrency=concurrency, resume=resume, overrides=overrides, owner=owner)
+
+    def jobs(self, *, live_only: bool = False) -> list[Job]:
+        return self.job_manager.jobs(live_only=live_only)
+
+    def get_job(self, key: str) -> Job:
+        return self.job_manager.get(key)
+
+    async def wait_job(self, key: str, *, timeout: float | None = None,
+                       progress: Callable[[Job], None] | None = None) -> Job:
+        return await self.job_manager.wait(key, timeout=timeout, progress=progress)
+
+    async def cancel_job(self, key: str) -> Job:
+        return await self.job_manager.cancel(key)
+
+    async def job_logs(self, key: str, tail: int | None = 100) -> str:
+        return await self.job_manager.logs(key, tail)
+
+    def follow_job_logs(self, key: str) -> AsyncIterator[str]:
+        return self.job_manager.follow_logs(key)
+
+    async def job_results(self, key: str) -> Path:
+        """The job's output file on this machine (fetched now while the job runs)."""
+        return await self.job_manager.results(key)
+
     # ------------------------------------------------------------------ events
 
     def events(self, key: str | None = None, after: int = 0) -> list[dict[str, Any]]:
-        """The stored event log (launch, state changes, keepalives), optionally of one session."""
-        sid = self.manager.get(key).id if key else None
+        """The stored event log (launch, state changes, keepalives), optionally of one session
+        or job."""
+        sid = None
+        if key:
+            try:
+                sid = self.manager.get(key).id
+            except NotFound as exc:
+                jobs = self.job_manager.store.find(key)
+                if not jobs:
+                    raise exc from None
+                sid = self.job_manager.get(key).id
         return self.manager.events(sid, after)
 
     def snapshot(self) -> dict[str, Any]:
         """The first event of every stream: the live sessions as they are now."""
         return {"type": "snapshot", "ts": time.time(),
-                "sessions": [s.public() for s in self.manager.sessions(live_only=True)]}
+                "sessions": [s.public() for s in self.manager.sessions(live_only=True)],
+                "jobs": [j.public() for j in self.job_manager.jobs(live_only=True)]}
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
         """A queue the manager pushes every event into; take the snapshot right after, with no

@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
-from .errors import HpcserveError
+from .records import InvalidTransition as InvalidTransition  # raised by transition()
+from .records import StateRecord
 
 # What a session may be called (JSON Schema style for the OpenAPI document; checked with
 # re.fullmatch, since Python's `$` also matches before a final newline).
@@ -49,12 +51,13 @@ ALLOWED: dict[State, frozenset[State]] = {
 }
 
 
-class InvalidTransition(HpcserveError):
-    http_status = 409
-
-
 @dataclass
-class Session:
+class Session(StateRecord):
+    NOUN: ClassVar[str] = "session"
+    STATES: ClassVar[type[StrEnum]] = State  # type: ignore[misc]
+    ALLOWED: ClassVar[Mapping[Any, frozenset[Any]]] = ALLOWED
+    STAMPS: ClassVar[Mapping[str, str]] = {"ready": "ready_at"}
+
     id: str
     name: str
     recipe: str
@@ -80,34 +83,6 @@ class Session:
     exit_code: int | None = None
     log_tail: str = ""
     version: int = 0
-
-    def transition(self, new: State, reason: str = "") -> bool:
-        """Move to `new`; False when already there, InvalidTransition when not allowed."""
-        new = State(new)
-        if new == self.state:
-            if reason:
-                self.reason = reason
-            return False
-        if new not in ALLOWED[self.state]:
-            raise InvalidTransition(f"session {self.name} cannot go from {self.state} to {new}")
-        now = time.time()
-        self.state, self.reason, self.updated_at = new, reason, now
-        if new == State.READY:
-            self.ready_at = now
-        if new.terminal:
-            self.ended_at = now
-        return True
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = str(self.state)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Session:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        known["state"] = State(known.get("state", "pending"))
-        return cls(**known)
 
     def public(self) -> dict[str, Any]:
         """The JSON model front ends show: no handle internals beyond what users need."""

@@ -21,7 +21,8 @@ PORT = "{HPCSERVE_PORT}"
 HOST = "{HPCSERVE_HOST}"
 PYTHON = "{HPCSERVE_PYTHON}"
 API_KEY = "{HPCSERVE_API_KEY}"
-PLACEHOLDERS = (PORT, HOST, PYTHON, API_KEY)
+JOBDIR = "{HPCSERVE_JOBDIR}"  # a one-off job's directory on the target (its staged files)
+PLACEHOLDERS = (PORT, HOST, PYTHON, API_KEY, JOBDIR)
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,13 @@ directory never apply the same transition twice and a crash never leaves half a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,26 @@ class Store:
         with self._lock:
             self._db.close()
 
+    # Shared with the other records kept in this database (jobstore.py).
+
+    def tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on error)."""
+        return self._tx()
+
+    def script(self, sql: str) -> None:
+        with self._lock:
+            self._db.executescript(sql)
+
+    def query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, tuple(args)).fetchall()
+
+    def event(self, db: sqlite3.Connection, subject_id: str, state: str, kind: str,
+              message: str) -> None:
+        """Append to the event log inside the caller's transaction (a session's or job's)."""
+        db.execute("INSERT INTO events(session_id, ts, kind, state, message) VALUES (?,?,?,?,?)",
+                   (subject_id, time.time(), kind, state, message))
+
     # ------------------------------------------------------------------ sessions
 
     def insert(self, session: Session, event: str = "created", message: str = "") -> None:
@@ -168,8 +189,7 @@ class Store:
     # ------------------------------------------------------------------ events
 
     def _event(self, db: sqlite3.Connection, session: Session, kind: str, message: str) -> None:
-        db.execute("INSERT INTO events(session_id, ts, kind, state, message) VALUES (?,?,?,?,?)",
-                   (session.id, time.time(), kind, str(session.state), message))
+        self.event(db, session.id, str(session.state), kind, message)
 
     def add_event(self, session: Session, kind: str, message: str = "") -> None:
         with self._tx() as db:

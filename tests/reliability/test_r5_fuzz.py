@@ -645,9 +645,10 @@ def test_api_refuses_json_nested_too_deeply(server: FuzzServer) -> None:
 # - not_a_server_error on the health probes (503 = not live/ready, the probe's contract) and on
 #   the proxy and gateway (502/503/504: the session's engine is gone, starting, unreachable or
 #   too slow). r5_st_hooks.deliberate_5xx_only then fails any 5xx that is not exactly that.
-# - positive_data_acceptance may see 400 from two operations whose valid inputs depend on the
+# - positive_data_acceptance may see 400 from three operations whose valid inputs depend on the
 #   server's state, which no static schema can say: POST /sessions (overrides and backend are
-#   checked against the chosen recipe) and PUT .../secrets (the names the target reads).
+#   checked against the chosen recipe), PUT .../secrets (the names the target reads) and
+#   POST /jobs (its input is a file on the server, which must exist and be well formed).
 ST_CONFIG = """\
 [[operations]]
 include-path = "/hpcserve/api/events"
@@ -662,7 +663,8 @@ include-path-regex = "^/hpcserve/(proxy/|v1/(chat/completions|completions|embedd
 checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "502", "503", "504"]
 
 [[operations]]
-include-name = ["POST /hpcserve/api/sessions", "PUT /hpcserve/api/targets/{name}/secrets"]
+include-name = ["POST /hpcserve/api/sessions", "PUT /hpcserve/api/targets/{name}/secrets",
+                "POST /hpcserve/api/jobs"]
 checks.positive_data_acceptance.expected-statuses = [
     "2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
 """

@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 from ..recipes import untextual
 from ..sessions import NAME_PATTERN
 
+PATH_MAX = 4096  # Linux's PATH_MAX: a longer path is refused by every file call (ENAMETOOLONG)
+NAME_MAX = 255  # bytes in one path component
+
 
 class SecretsBody(RootModel[dict[str, str]]):
     """The body of PUT /hpcserve/api/targets/{name}/secrets: environment name -> value."""
@@ -40,3 +43,48 @@ class LaunchBody(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict,
                                       description="per-launch changes, as `--set KEY=VALUE`: "
                                       "gpus, time, replicas, env.NAME, engine_args.FLAG...")
+
+
+class JobBody(BaseModel):
+    """The body of POST /hpcserve/api/jobs: a batch job over an OpenAI Batch file."""
+
+    model_config = ConfigDict(extra="forbid")
+    recipe: str = Field(min_length=1, description="an inference or embedding recipe")
+    input: str = Field(min_length=1, max_length=PATH_MAX,
+                       description="the OpenAI Batch file (JSONL), a path on the server's "
+                       "machine; a relative path starts at the server's root directory")
+    output: str | None = Field(None, min_length=1, max_length=PATH_MAX,
+                               description="where the output JSONL is written on the server's "
+                               "machine; default: the job's directory. An existing output's "
+                               "answered custom_ids are skipped")
+    target: str = Field("local", min_length=1, description="where it runs (GET targets)")
+    backend: str | None = Field(None, description="serving engine; default: the recipe's first")
+    # The name is checked by the job manager, as for every front end.
+    name: str | None = Field(None, description="job name; default: RECIPE-job-N",
+                             json_schema_extra={"pattern": NAME_PATTERN})
+    # Strict: JSON true or 8.5 is not a concurrency. The upper limit is the server's setting.
+    concurrency: int = Field(8, ge=1, strict=True,
+                             description="requests in flight at once (at most the server's "
+                             "limit, 256 by default)")
+    resume: str | None = Field(None, min_length=1,
+                               description="id or name of an ended job: its answered "
+                               "custom_ids are skipped, its output carried over")
+    overrides: dict[str, Any] = Field(default_factory=dict,
+                                      description="per-job changes, as `--set KEY=VALUE`: "
+                                      "gpus, time, env.NAME, engine_args.FLAG...")
+
+    @field_validator("input", "output")
+    @classmethod
+    def _usable_path(cls, v: str | None) -> str | None:
+        # What no file call can take would fail deep in the job manager (a 500): say so here.
+        if v is None:
+            return v
+        if "\0" in v:
+            raise ValueError("a path cannot contain a NUL character")
+        if untextual(v) is not None:
+            raise ValueError("the path is not valid text (a lone surrogate)")
+        if len(v.encode()) >= PATH_MAX:
+            raise ValueError(f"the path is longer than {PATH_MAX - 1} bytes")
+        if any(len(part.encode()) > NAME_MAX for part in v.split("/")):
+            raise ValueError(f"a path component is longer than {NAME_MAX} bytes")
+        return v

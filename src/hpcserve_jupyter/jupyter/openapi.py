@@ -10,9 +10,10 @@ from typing import Any
 
 from .._version import __version__
 from .base import INT64_MAX
-from .bodies import LaunchBody
+from .bodies import JobBody, LaunchBody
 
 JSON = "application/json"
+NDJSON = "application/x-ndjson"
 NO_NUL = "^[^\\u0000]*$"  # JSON Schema pattern: no NUL character
 # The proxied path as one (percent-encoded) path parameter: what proxy.safe_path refuses with a
 # 400 is excluded: '/' (it arrives as %2F, an encoded slash), backslash, '@', ':' (a scheme),
@@ -52,12 +53,20 @@ ID = _param("id", "path", "session id or name")
 LAUNCHED_LINKS = {
     op: {"operationId": op, "parameters": {"id": "$response.body#/id"}}
     for op in ("getSession", "stopSession", "keepaliveSession", "sessionLogs")}
+JOB_ID = _param("id", "path", "job id or name")
+# What a submission's answer leads to.
+SUBMITTED_LINKS = {
+    op: {"operationId": op, "parameters": {"id": "$response.body#/id"}}
+    for op in ("getJob", "cancelJob", "jobResults", "jobLogs")}
 TARGET = _param("name", "path", "target name", {"type": "string", "example": "local"})
 _DENIED = ("not authenticated or not authorized (Jupyter's token, cookie or identity "
            "provider)")
 DENIED = {"403": _error(_DENIED)}
 GW_DENIED = {"403": _gw_error(_DENIED)}
 NO_SESSION = {"404": _error("no such session")}
+NO_JOB = {"404": _error("no such job"),
+          "400": _error("the name matches several live jobs (use the id), or a bad query "
+                        "parameter")}
 BAD_QUERY = {"400": _error("bad query parameter")}
 
 
@@ -82,6 +91,9 @@ def _schemas() -> dict[str, Any]:
     launch = LaunchBody.model_json_schema(ref_template="#/components/schemas/{model}")
     launch.pop("title", None)
     launch["example"] = {"recipe": "smollm2-135m", "target": "local"}
+    submit = JobBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    submit.pop("title", None)
+    submit["example"] = {"recipe": "smollm2-135m", "input": "prompts.jsonl", "concurrency": 4}
     obj = {"type": "object"}
     error_fields = {
         "type": {"type": "string"},
@@ -128,12 +140,21 @@ def _schemas() -> dict[str, Any]:
             "category": {"type": "string"}, "model": {"type": "string", "nullable": True},
             "backends": {"type": "array", "items": {"type": "string"}},
             "resources": obj, "replicas": {"type": "integer"}}},
-        "Event": {"type": "object", "description": "a session state change", "properties": {
+        "Event": {"type": "object", "description": "a session or job change: a session "
+                  "event holds `session`, a job event `job`; the first event (`snapshot`) "
+                  "holds the live `sessions` and `jobs`", "properties": {
             "type": {"type": "string", "description": "snapshot | created | starting | ready | "
-                     "stop | stopped | failed | timeout | unreachable | reachable | resync ..."},
+                     "stop | stopped | failed | timeout | unreachable | reachable | resync ...; "
+                     "for jobs also queued | running | progress (done/failed counts changed) | "
+                     "done | cancel | cancelled | launch-failed"},
             "session": _ref("Session"), "sessions": {"type": "array",
                                                      "items": _ref("Session")},
+            "job": _ref("Job"), "jobs": {"type": "array", "items": _ref("Job")},
             "ts": {"type": "number"}}},
+        "JobRequest": submit,
+        "Job": _job_schema(),
+        "JobList": {"type": "object", "properties": {
+            "jobs": {"type": "array", "items": _ref("Job")}}},
         "ModelList": {"type": "object", "properties": {
             "object": {"type": "string", "enum": ["list"]},
             "data": {"type": "array", "items": _ref("Model")}}},
@@ -148,6 +169,87 @@ def _schemas() -> dict[str, Any]:
                       "or the served model name when one ready session serves it"},
             "stream": {"type": "boolean"}}, "additionalProperties": True},
         "Probe": {"type": "object", "additionalProperties": True},
+    }
+
+
+def _job_schema() -> dict[str, Any]:
+    """A job as GET /hpcserve/api/jobs/{id} shows it (jobs.Job.public())."""
+    text, integer, number = {"type": "string"}, {"type": "integer"}, {"type": "number"}
+    return {"type": "object", "properties": {
+        "id": text, "name": text, "kind": {"type": "string", "enum": ["batch", "task"]},
+        "recipe": text, "backend": text, "target": text,
+        "input": {"type": "string", "description": "the input file (on the server's machine)"},
+        "output": {"type": "string", "description": "the output JSONL (on the server's "
+                   "machine); GET .../results serves it"},
+        "state": {"type": "string", "enum": ["pending", "starting", "running", "done", "failed",
+                                             "cancelled", "timeout"]},
+        "reason": text, "concurrency": integer,
+        "total": {"type": "integer", "description": "request lines in the input"},
+        "done": {"type": "integer", "description": "lines answered so far (errors included)"},
+        "failed": {"type": "integer", "description": "lines answered with an error"},
+        "resumed": {"type": "integer", "description": "answers carried over from an earlier "
+                    "run"},
+        "resume_of": {"type": "string", "nullable": True},
+        "created_at": number, "updated_at": number,
+        "running_at": {"type": "number", "nullable": True},
+        "ended_at": {"type": "number", "nullable": True},
+        "owner": text, "unreachable": {"type": "boolean"},
+        "cancel_requested": {"type": "boolean"},
+        "fetched": {"type": "boolean", "description": "the output was copied back from the "
+                    "target"},
+        "exit_code": {"type": "integer", "nullable": True}, "log_tail": text,
+        "version": integer, "elapsed_s": number,
+        "eta_s": {"type": "number", "nullable": True, "description": "seconds left at this "
+                  "run's rate so far (null until there is one)"},
+        "resources": {"type": "object", "description": "gpus, cpus, memory_mb, time_s (null: "
+                      "not set)"}}}
+
+
+def _job_paths(api: str) -> dict[str, Any]:
+    job = _json(_ref("Job"), "the job")
+    tags = ("jobs",)
+    unreachable = {"503": _error("the target is unreachable; state unknown")}
+    return {
+        f"{api}/jobs": {
+            "get": _op("Jobs (all, or live only)", {"200": _json(_ref("JobList")),
+                                                     **BAD_QUERY},
+                       params=[_param("live", "query", "1: live jobs only",
+                                      {"type": "boolean"}, False)], tags=tags),
+            "post": _op("Submit a batch job over an OpenAI Batch file", {
+                "201": {**_json(_ref("Job"), "submitted (pending); follow it on /events"),
+                        "links": SUBMITTED_LINKS},
+                "400": _error("bad body, unknown field, invalid override or name, or a "
+                              "malformed input file (every bad line listed; nothing is run)"),
+                "404": _error("unknown recipe, backend, target, or job to resume"),
+                "409": _error("the target could not start it (the job is `failed`)"),
+                **unreachable},
+                body={"required": True, "content": {JSON: {"schema": _ref("JobRequest")}}},
+                tags=tags, operation_id="submitJob",
+                description="The input is refused before anything runs when any line is "
+                "malformed: not JSON, missing or duplicate custom_id, unknown url, "
+                "`stream: true`, or a second model.")},
+        f"{api}/jobs/{{id}}": {
+            "get": _op("One job", {"200": job, **NO_JOB}, params=[JOB_ID], tags=tags,
+                       operation_id="getJob"),
+            "delete": _op("Cancel a job (its output so far is kept; an ended job: no-op)", {
+                "200": job, **NO_JOB, **unreachable}, params=[JOB_ID], tags=tags,
+                operation_id="cancelJob")},
+        f"{api}/jobs/{{id}}/results": {"get": _op("The job's output JSONL as it is now", {
+            "200": {"description": "one JSON object per answered input line, `{id, custom_id, "
+                    "response: {status_code, body} | null, error}` (complete lines only)",
+                    "content": {NDJSON: {"schema": {"type": "string"}}}},
+            **NO_JOB, "409": _error("the job has no output yet"), **unreachable},
+            params=[JOB_ID], tags=tags, operation_id="jobResults")},
+        f"{api}/jobs/{{id}}/logs": {"get": _op("The job's log (driver and engine)", {
+            "200": {"description": "log text (streamed with follow=1, until the job ends)",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}},
+            **NO_JOB, **unreachable},
+            params=[JOB_ID, _param("tail", "query", "last N lines (0: all); default 100",
+                                   {"type": "integer", "minimum": 0, "maximum": INT64_MAX},
+                                   False),
+                    _param("follow", "query", "1: stream new text until the job ends",
+                           {"type": "boolean"}, False)],
+            tags=tags, operation_id="jobLogs")},
     }
 
 
@@ -273,10 +375,11 @@ def _paths() -> dict[str, Any]:
         f"{api}/sessions/{{id}}/v1/model": {"get": _op(
             "What the session serves (and the engine's /v1/models)",
             {"200": _json(_ref("Probe")), **NO_SESSION}, params=[ID], tags=("gateway",))},
+        **_job_paths(api),
         f"{api}/refresh": {"post": _op("One monitor pass now; the live sessions", {
             "200": _json(_ref("SessionList"))})},
         f"{api}/events": {"get": _op(
-            "Server-Sent Events: a snapshot, then every session state change", {
+            "Server-Sent Events: a snapshot, then every session and job change", {
                 "200": {"description": "`data:` lines each holding an Event; `: keepalive` "
                         "comments in between",
                         "content": {"text/event-stream": {"schema": _ref("Event")}}}},
@@ -307,9 +410,10 @@ def document(base_url: str = "/") -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "hpcserve-jupyter", "version": __version__,
-                 "description": "Launch, watch, prompt and stop AI serving sessions through the "
-                 "Jupyter server. Authenticate as for Jupyter's own API: `Authorization: token "
-                 "<t>` (or `Bearer <t>`), or the login cookie with the X-XSRFToken header."},
+                 "description": "Launch, watch, prompt and stop AI serving sessions, and run "
+                 "one-off batch jobs, through the Jupyter server. Authenticate as for "
+                 "Jupyter's own API: `Authorization: token <t>` (or `Bearer <t>`), or the "
+                 "login cookie with the X-XSRFToken header."},
         "servers": [{"url": base_url.rstrip("/") or "/"}],
         "security": [{"jupyterToken": []}, {"jupyterBearer": []}],
         "paths": _paths(),

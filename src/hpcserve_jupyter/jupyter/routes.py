@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import gateway, handlers, proxy
+from . import gateway, handlers, job_handlers, proxy
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,10 @@ ROUTES: list[Route] = [
     Route(f"{API}/sessions/{{id}}/v1/live", gateway.LiveHandler),
     Route(f"{API}/sessions/{{id}}/v1/ready", gateway.ReadyHandler),
     Route(f"{API}/sessions/{{id}}/v1/model", gateway.ModelInfoHandler),
+    Route(f"{API}/jobs", job_handlers.JobsHandler),
+    Route(f"{API}/jobs/{{id}}", job_handlers.JobHandler),
+    Route(f"{API}/jobs/{{id}}/results", job_handlers.JobResultsHandler),
+    Route(f"{API}/jobs/{{id}}/logs", job_handlers.JobLogsHandler),
     Route(f"{API}/refresh", handlers.RefreshHandler),
     Route(f"{API}/events", handlers.EventsHandler),
     Route(f"{API}/events/log", handlers.EventLogHandler),

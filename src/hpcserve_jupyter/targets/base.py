@@ -30,6 +30,9 @@ class LaunchRequest:
     secrets: Mapping[str, str] = field(repr=False, default_factory=dict)
     # Handles of this target's other live sessions, so a target can avoid their GPUs and ports.
     siblings: tuple[Mapping[str, Any], ...] = ()
+    # One-off jobs: files (name -> local path, a file or a directory) the target places in the
+    # job's directory before it starts argv, where the JOBDIR placeholder points.
+    files: Mapping[str, Path] = field(default_factory=dict)
 
     def secret_env(self) -> dict[str, str]:
         """The environment variables the engine reads its secrets from (never persisted)."""
@@ -96,6 +99,9 @@ class Target:
     settings_model: ClassVar[type[BaseModel]]
     # Whether `adopt` can find what an interrupted launch started (see adopt).
     can_adopt: ClassVar[bool] = False
+    # Whether it runs one-off jobs: stages LaunchRequest.files into a job directory (the
+    # JOBDIR placeholder) and implements read_file and fetch on it.
+    runs_jobs: ClassVar[bool] = False
 
     def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
         config = dict(config or {})
@@ -133,6 +139,17 @@ class Target:
         cancelled. Targets that can look set `can_adopt`; for the others the manager marks such
         a session failed."""
         return None
+
+    async def read_file(self, handle: Mapping[str, Any], name: str,
+                        offset: int = 0) -> tuple[bytes, int]:
+        """Bytes of a file in a job's directory from `offset` on (b"" if it does not exist
+        yet) and the new offset: a job's progress and output while it runs."""
+        raise NotImplementedError
+
+    async def fetch(self, handle: Mapping[str, Any], name: str, dest: Path) -> bool:
+        """Copy a file or directory of a job's directory to `dest` (files 0600); False when
+        it does not exist."""
+        raise NotImplementedError
 
     def secret_settings(self) -> list[SecretSetting]:
         """The secrets this target reads from environment variables (names, not values)."""

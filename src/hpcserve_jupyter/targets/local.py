@@ -26,7 +26,7 @@ import psutil
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import BadInput, LaunchError
-from ..spec import HOST, PORT, PYTHON, env_problem, nul_problem, render_argv, render_env
+from ..spec import HOST, JOBDIR, PORT, PYTHON, env_problem, nul_problem, render_argv, render_env
 from . import gpus as gpu_inventory
 from .base import LaunchRequest, Phase, SecretSetting, Target, TargetStatus
 
@@ -140,6 +140,7 @@ class LocalTarget(Target):
     kind = "local"
     settings_model = LocalConfig
     can_adopt = True
+    runs_jobs = True
     settings: LocalConfig
 
     def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
@@ -198,12 +199,13 @@ class LocalTarget(Target):
         ports = self._ports(spec.replicas, spec.base_port)
         python = self.settings.python or sys.executable
         req.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await asyncio.to_thread(stage_files, req.files, req.workdir)
         replicas: list[dict[str, Any]] = []
         try:
             for i, port in enumerate(ports):
                 mine = gpus[i * spec.gpus_per_replica:(i + 1) * spec.gpus_per_replica]
                 values = {PORT: str(port), HOST: self.settings.host, PYTHON: python,
-                          **req.placeholder_values()}
+                          JOBDIR: str(req.workdir), **req.placeholder_values()}
                 argv = render_argv(spec, values)
                 env = render_env({**self.settings.env, **spec.env_dict()}, values)
                 problem = nul_problem(argv, env)
@@ -215,7 +217,8 @@ class LocalTarget(Target):
         except BaseException:
             await self.stop({"replicas": replicas, "session_id": req.session_id})
             raise
-        return {"session_id": req.session_id, "host": self.settings.host, "replicas": replicas}
+        return {"session_id": req.session_id, "host": self.settings.host, "replicas": replicas,
+                "jobdir": str(req.workdir)}
 
     def _spawn(self, req: LaunchRequest, index: int, argv: list[str], engine_env: dict[str, str],
                port: int, gpus: list[str]) -> dict[str, Any]:
@@ -335,6 +338,26 @@ class LocalTarget(Target):
             return "", offset
         return data.decode("utf-8", "replace"), offset + len(data)
 
+    # ------------------------------------------------------------------ job files
+
+    async def read_file(self, handle: Mapping[str, Any], name: str,
+                        offset: int = 0) -> tuple[bytes, int]:
+        path = Path(handle["jobdir"]) / job_file_name(name)
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(8 << 20)
+        except FileNotFoundError:
+            return b"", offset
+        return data, offset + len(data)
+
+    async def fetch(self, handle: Mapping[str, Any], name: str, dest: Path) -> bool:
+        source = Path(handle["jobdir"]) / job_file_name(name)
+        if not source.exists():
+            return False
+        await asyncio.to_thread(copy_private, source, dest)
+        return True
+
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         try:
@@ -343,6 +366,50 @@ class LocalTarget(Target):
             info["gpus"] = []
         info["gpu_classes"] = self.allocator().classes if info["gpus"] else {}
         return info
+
+
+def job_file_name(name: str) -> str:
+    """A name inside a job's directory: one plain path component, never `..` or absolute."""
+    if not name or "/" in name or name in (".", "..") or "\0" in name:
+        raise BadInput(f"{name!r} is not a file name inside a job's directory")
+    return name
+
+
+def copy_private(source: Path, dest: Path) -> None:
+    """Copy a file or a directory tree, files 0600 and directories 0700 (a job's inputs and
+    outputs are as private as a session's files). Links are copied as the files they name
+    only when these lie inside `source`; any other link is refused."""
+    if source.resolve() == dest.resolve():
+        return
+    if source.is_dir():
+        root = source.resolve()
+        dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for path in sorted(source.rglob("*")):
+            real = path.resolve()
+            if real != root and root not in real.parents:
+                raise BadInput(f"{path} links outside {source}", hint="copy the file itself "
+                               "into the directory instead of linking to it")
+            target = dest / path.relative_to(source)
+            if real.is_dir():
+                target.mkdir(mode=0o700, exist_ok=True)
+            else:
+                _copy_file(real, target)
+        return
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _copy_file(source, dest)
+
+
+def _copy_file(source: Path, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+        shutil.copyfileobj(src, out, 1 << 20)
+    os.replace(tmp, dest)
+
+
+def stage_files(files: Mapping[str, Path], jobdir: Path) -> None:
+    for name, source in files.items():
+        copy_private(Path(source), jobdir / job_file_name(name))
 
 
 def _signal_group(pgid: int, sig: int) -> None:
