@@ -3,6 +3,7 @@ are a table, time stamps set on entering states, and a JSON form for the store."
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -54,7 +55,7 @@ class StateRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
-        known = {k: v for k, v in data.items() if k in fields}
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        known = {k: v for k, v in data.items() if k in names}
         known["state"] = cls.STATES(known.get("state", "pending"))
         return cls(**known)

@@ -284,9 +284,11 @@ async def test_the_document_describes_the_job_api(jp_fetch):
     request = schemas["JobRequest"]
     assert request["required"] == ["recipe", "input"]
     assert request["additionalProperties"] is False
+    from dataclasses import fields
+
     from hpcserve_jupyter.jobs import Job
 
-    shown = set(Job.__dataclass_fields__) - {"spec", "handle"} | {"elapsed_s", "eta_s",
+    shown = {f.name for f in fields(Job)} - {"spec", "handle"} | {"elapsed_s", "eta_s",
                                                                   "resources"}
     assert set(schemas["Job"]["properties"]) == shown
     assert schemas["Event"]["properties"]["job"] == {"$ref": "#/components/schemas/Job"}
