@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import RecipeError
+from ..errors import BadInput, RecipeError
 from ..spec import API_KEY, ServeSpec
 from ..yamlfile import explain
 
@@ -67,6 +67,13 @@ def exit_text(code: int) -> str:
     except ValueError:
         name = ""
     return f"exit code {code}" + (f": killed by {name}" if name else "")
+
+
+def job_file_name(name: str) -> str:
+    """A name inside a job's directory: one plain path component, never `..` or absolute."""
+    if not name or "/" in name or name in (".", "..") or "\0" in name:
+        raise BadInput(f"{name!r} is not a file name inside a job's directory")
+    return name
 
 
 @dataclass

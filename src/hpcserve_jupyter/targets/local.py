@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..errors import BadInput, LaunchError
 from ..spec import HOST, JOBDIR, PORT, PYTHON, env_problem, nul_problem, render_argv, render_env
 from . import gpus as gpu_inventory
-from .base import LaunchRequest, Phase, SecretSetting, Target, TargetStatus
+from .base import LaunchRequest, Phase, SecretSetting, Target, TargetStatus, job_file_name
 
 SESSION_MARK = "HPCSERVE_SESSION_ID"
 LOG_TAIL_LINES = 40
@@ -366,13 +366,6 @@ class LocalTarget(Target):
             info["gpus"] = []
         info["gpu_classes"] = self.allocator().classes if info["gpus"] else {}
         return info
-
-
-def job_file_name(name: str) -> str:
-    """A name inside a job's directory: one plain path component, never `..` or absolute."""
-    if not name or "/" in name or name in (".", "..") or "\0" in name:
-        raise BadInput(f"{name!r} is not a file name inside a job's directory")
-    return name
 
 
 def copy_private(source: Path, dest: Path) -> None:

@@ -436,6 +436,41 @@ class SSHConnection:
 
         self._sftp_call(write, f"write of {path}")
 
+    def upload(self, local: Path, path: str, mode: int = 0o600) -> None:
+        """Copy a local file to `path` in pipelined chunks (memory stays flat for any size),
+        under a temporary name with `mode` set before any data, then renamed."""
+        temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+
+        def put(sftp: paramiko.SFTPClient) -> None:
+            try:
+                with open(local, "rb") as src, sftp.open(temp, "wb") as file:
+                    file.chmod(mode)
+                    file.set_pipelined(True)
+                    while chunk := src.read(1 << 20):
+                        file.write(chunk)
+                sftp.posix_rename(temp, path)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    sftp.remove(temp)
+                raise
+
+        self._sftp_call(put, f"upload of {path}")
+
+    def download(self, path: str, local: Path) -> None:
+        """Copy a remote file here (0600), in pipelined chunks, under a temporary name."""
+        temp = local.with_name(f".{local.name}.part")
+
+        def get(sftp: paramiko.SFTPClient) -> None:
+            with sftp.open(path, "rb") as file:
+                file.prefetch()
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    while chunk := file.read(1 << 20):
+                        out.write(chunk)
+            os.replace(temp, local)
+
+        self._sftp_call(get, f"download of {path}")
+
     def stat(self, path: str) -> FileStat:
         """Size, mode and mtime of a remote path; FileNotFoundError when it does not exist."""
         attrs = self._sftp_call(lambda sftp: sftp.stat(path), f"stat of {path}")

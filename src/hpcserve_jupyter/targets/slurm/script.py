@@ -22,6 +22,7 @@ from ...spec import (
     DIST_PORT,
     HEAD_ADDR,
     HOST,
+    JOBDIR,
     NNODES,
     NODE_RANK,
     PORT,
@@ -35,7 +36,7 @@ from ...spec import (
 
 # How each placeholder is written inside the job script.
 SHELL_VALUES = {PORT: "${PORT}", HOST: "${BIND_HOST}", PYTHON: "${HPCSERVE_PYTHON}",
-                API_KEY: "${HPCSERVE_API_KEY}"}
+                API_KEY: "${HPCSERVE_API_KEY}", JOBDIR: "${WORKDIR}"}
 # ... and inside the command each node runs (per-node multi-node launches): the job step
 # gives each its rank; the head's address and rendezvous port are exported by the script.
 NODE_VALUES = {**SHELL_VALUES, NNODES: "${SLURM_JOB_NUM_NODES}", NODE_RANK: "${SLURM_PROCID}",

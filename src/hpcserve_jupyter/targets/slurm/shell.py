@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import stat as stat_module
 import subprocess
 import uuid
@@ -179,6 +180,10 @@ class Shell(Protocol):
 
     def write_file(self, path: str, data: str | bytes, mode: int = 0o644) -> None: ...
 
+    def upload(self, local: Path, path: str, mode: int = 0o600) -> None: ...
+
+    def download(self, path: str, local: Path) -> None: ...
+
     def stat(self, path: str) -> FileStat: ...
 
     def home(self) -> str: ...
@@ -263,6 +268,12 @@ class LocalShell:
                 temp.unlink()
             raise
 
+    def upload(self, local: Path, path: str, mode: int = 0o600) -> None:
+        _copy(Path(local), self._path(path), mode)
+
+    def download(self, path: str, local: Path) -> None:
+        _copy(self._path(path), Path(local), 0o600)
+
     def stat(self, path: str) -> FileStat:
         info = self._path(path).stat()
         return FileStat(size=info.st_size, mode=info.st_mode, mtime=info.st_mtime)
@@ -279,6 +290,21 @@ class LocalShell:
 
     def close(self) -> None:
         """Nothing to close; kept for interface parity with SSHConnection."""
+
+
+def _copy(source: Path, target: Path, mode: int) -> None:
+    """A file copied under a temporary name with `mode` from the start, then renamed."""
+    temp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
 
 
 def _text(data: bytes | str | None) -> str:

@@ -15,12 +15,21 @@ import posixpath
 import re
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import BadInput, HpcserveError, LaunchError, TargetUnreachable
-from ..base import LaunchRequest, Phase, SecretSetting, Target, TargetStatus, exit_text
+from ..base import (
+    LaunchRequest,
+    Phase,
+    SecretSetting,
+    Target,
+    TargetStatus,
+    exit_text,
+    job_file_name,
+)
 from . import script
 from .sharing import open_shell
 from .shell import RemoteCommandError, Shell
@@ -82,6 +91,7 @@ class SlurmTarget(Target):
     kind = "slurm"
     settings_model = SlurmConfig
     can_adopt = True
+    runs_jobs = True
     settings: SlurmConfig
 
     def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
@@ -159,10 +169,13 @@ class SlurmTarget(Target):
     def _launch(self, req: LaunchRequest) -> dict[str, Any]:
         if not re.fullmatch(r"[a-f0-9]{4,32}", req.session_id):
             raise BadInput(f"invalid session id {req.session_id!r}")
-        workdir = posixpath.join(self.base_dir(), "sessions", req.session_id)
+        kind = "jobs" if req.files else "sessions"  # one-off jobs stage files
+        workdir = posixpath.join(self.base_dir(), kind, req.session_id)
         text = self.render(req, workdir)  # bad values fail here, before anything remote
         self._run(["mkdir", "-p", workdir])
         self._run(["chmod", "700", workdir])
+        for name, local in req.files.items():  # over SFTP, into the job's directory
+            self.shell().upload(local, posixpath.join(workdir, job_file_name(name)))
         secrets = {script.secret_var(k): v for k, v in req.secrets.items()}
         self.shell().write_file(posixpath.join(workdir, "secrets.env"),
                                 script.secrets_file(secrets), mode=0o600)
@@ -389,6 +402,34 @@ class SlurmTarget(Target):
         except OSError:  # the job has not started writing yet
             return "", offset
         return data.decode("utf-8", "replace"), offset + len(data)
+
+    # ------------------------------------------------------------------ job files
+
+    async def read_file(self, handle: Mapping[str, Any], name: str,
+                        offset: int = 0) -> tuple[bytes, int]:
+        path = posixpath.join(handle["workdir"], job_file_name(name))
+
+        def read() -> tuple[bytes, int]:
+            try:
+                data = self.shell().read_file(path, offset, 8 << 20)
+            except FileNotFoundError:
+                return b"", offset
+            return data, offset + len(data)
+
+        return await asyncio.to_thread(read)
+
+    async def fetch(self, handle: Mapping[str, Any], name: str, dest: Path) -> bool:
+        path = posixpath.join(handle["workdir"], job_file_name(name))
+
+        def get() -> bool:
+            try:
+                dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self.shell().download(path, dest)
+            except FileNotFoundError:
+                return False
+            return True
+
+        return await asyncio.to_thread(get)
 
     def secret_settings(self) -> list[SecretSetting]:
         """The key's passphrase, when the settings name a variable for it."""
