@@ -26,10 +26,15 @@ def modules() -> list[Path]:
     return sorted(SRC.rglob("*.py"))
 
 
+# Backends that are no serving engine: `task` runs a task recipe's own command (and "task" is
+# also SLURM's word for a process of a job step, which the SLURM target rightly uses).
+NOT_ENGINES = {"task"}
+
+
 def engine_words() -> list[str]:
     """Every spelling of every registered engine's name (llama-cpp, llama_cpp, llama.cpp)."""
     words = set()
-    for name in backend_names():
+    for name in set(backend_names()) - NOT_ENGINES:
         for sep in ("-", "_", ".", " ", ""):
             words.add(re.sub(r"[-_]", sep, name).lower())
     return sorted(words)

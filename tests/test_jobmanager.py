@@ -221,3 +221,62 @@ def test_cli_bad_input_is_a_usage_error_without_traceback(run_cli, tmp_path):
     assert r.returncode == 2 and "--input" in r.stderr
     r = run_cli("job", "status", "--all", "--json")
     assert r.returncode == 0 and json.loads(r.stdout) == []  # nothing was recorded
+
+
+def test_task_recipe_over_a_directory(hp, tmp_path):
+    source = tmp_path / "docs"
+    (source / "sub").mkdir(parents=True)
+    (source / "a.txt").write_text("alpha beta gamma")
+    (source / "sub" / "b.md").write_text("# title\nsome text")
+    job = hp.submit_job("embed-files", source, output=tmp_path / "vectors")
+    assert job.kind == "task" and job.total == 2
+    final = job.wait(timeout=300)
+    assert final.state == JobState.DONE, (final.reason, final.log_tail)
+    assert (final.done, final.total) == (2, 2)
+    out = job.results()
+    assert out == tmp_path / "vectors"
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == ["a.txt.json", "sub/b.md.json"]
+    vectors = [json.loads((out / f).read_text())["embedding"] for f in files]
+    assert {len(v) for v in vectors} == {576}  # one pooled vector per file
+    zipped = hp.job_results(job.id, output=tmp_path / "vectors.zip")
+    import zipfile
+
+    with zipfile.ZipFile(zipped) as z:
+        assert sorted(n for n in z.namelist() if not n.endswith("/")) == files
+
+
+def test_task_input_zip_slip_refused_before_anything_runs(hp, tmp_path):
+    import zipfile
+
+    before = len(hp.jobs())
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("ok.txt", "fine")
+        z.writestr("../../outside.txt", "evil")
+    with pytest.raises(BadInput, match="climbs out"):
+        hp.submit_job("embed-files", archive)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "pw").symlink_to("/etc/passwd")
+    with pytest.raises(BadInput, match="links outside"):
+        hp.submit_job("embed-files", linked)
+    assert len(hp.jobs()) == before
+    assert not [d for d in (hp.service.home / "jobs").iterdir()
+                if not (d / "job.json").exists()]  # no half-made job directory
+
+
+def test_task_image_must_be_on_the_allow_list(tmp_path, monkeypatch):
+    from facade_fixtures import make_facade
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "t.yaml").write_text(
+        "name: imaged\ncategory: task\ncommand: [echo, hi]\nimages: {task: docker://evil/x:1}\n")
+    monkeypatch.setenv("HPCSERVE_RECIPES", str(tmp_path / "r"))
+    configs = {"local": {"kind": "local", "allowed_images": ["docker://ours/*"]}}
+    (tmp_path / "in.txt").write_text("x")
+    with make_facade(tmp_path / "home", target_configs=configs) as h:
+        with pytest.raises(BadInput) as err:
+            h.submit_job("imaged", tmp_path / "in.txt")
+        assert "docker://evil/x:1" in str(err.value) and "docker://ours/*" in str(err.value)
+        assert h.jobs() == []

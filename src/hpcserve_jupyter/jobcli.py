@@ -103,8 +103,9 @@ def cmd_job(args: argparse.Namespace, api: Facade) -> int:
     command = args.job_command
     if command == "submit":
         job = submit(api, args)
-        print(f"submitted {job.name} (id {job.id}): {job.total} requests on {job.target}",
-              file=sys.stderr)
+        what = f"{job.total} requests" if job.kind == "batch" else \
+            f"a task over {job.total} input file{'s' if job.total != 1 else ''}"
+        print(f"submitted {job.name} (id {job.id}): {what} on {job.target}", file=sys.stderr)
         if args.wait:
             job = api.wait_job(job.id, timeout=args.timeout, progress=Progress())
         print(json.dumps(status_json(job), indent=2, default=str) if args.json else job.id)

@@ -64,8 +64,11 @@ class JobHandle:
 
     def results(self, *, frame: bool | None = None) -> Any:
         """The answers in output order: a pandas DataFrame (custom_id, text, embedding,
-        error, usage, status_code) when pandas is installed (or frame=True), else dicts."""
+        error, usage, status_code) when pandas is installed (or frame=True), else dicts.
+        A task job's results are its output directory (a Path)."""
         path = self.output()
+        if path.is_dir():
+            return path
         if frame is None:
             try:
                 import pandas  # noqa: F401

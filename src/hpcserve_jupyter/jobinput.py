@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import batchfile
+from . import batchfile, jobrun
 
 
 def write_prompts(home: Path, prompts: Any, *, url: str = "/v1/chat/completions",
@@ -26,8 +26,15 @@ def write_prompts(home: Path, prompts: Any, *, url: str = "/v1/chat/completions"
 
 
 def copy_out(source: Path, dest: str | Path) -> Path:
-    """Copy a job's output to `dest` (0600, written under a temporary name, then renamed)."""
+    """Copy a job's output to `dest` (0600, written under a temporary name, then renamed);
+    a task's output directory is copied as a directory, or packed when `dest` ends in .zip."""
     target = Path(dest).expanduser().absolute()
+    if source.is_dir():
+        if target.suffix.lower() == ".zip":
+            jobrun.pack(source, target)
+        else:
+            shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+        return target
     if target.is_dir():
         target = target / source.name
     tmp = target.with_name(f".{target.name}.part")

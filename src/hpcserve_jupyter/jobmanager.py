@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import json
 import logging
 import os
 import re
 import secrets as _random
+import shutil
 import time
+import zipfile
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 
 DRIVER = "hpcserve_jobrun.py"
 INPUT, OUTPUT, PROGRESS = "input.jsonl", "output.jsonl", "progress.json"
+OUTPUT_ZIP = "output.zip"  # a task's output directory, packed by the driver
 BATCH_CATEGORIES = ("inference", "embedding")
 # What the driver's final phase means, once the target says the job ended.
 _FINAL = {"done": JobState.DONE, "failed": JobState.FAILED, "cancelled": JobState.CANCELLED,
@@ -47,11 +51,26 @@ _FINAL = {"done": JobState.DONE, "failed": JobState.FAILED, "cancelled": JobStat
 
 @dataclass(frozen=True)
 class JobLimits:
-    """Input limits (configurable per server: c.HpcserveApp.job_max_input_mb...)."""
+    """Input limits and the server's image allow-list (c.HpcserveApp.job_max_input_mb,
+    c.HpcserveApp.allowed_images...)."""
 
     max_input_bytes: int = 2 << 30
     max_input_lines: int = 5_000_000
+    max_input_files: int = 100_000
     max_concurrency: int = 256
+    allowed_images: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What one kind of job stages and tells its driver (job.json settings)."""
+
+    kind: str
+    total: int
+    files: dict[str, Path]
+    resumed: int
+    summary: str
+    settings: dict[str, Any]
 
 
 class JobManager:
@@ -96,18 +115,18 @@ class JobManager:
                      output: str | Path | None = None, concurrency: int = 8,
                      resume: str | None = None, overrides: Mapping[str, Any] | None = None,
                      owner: str | None = None) -> Job:
-        """Validate everything (recipe, target, input file, resume), record the job, then
+        """Validate everything (recipe, target, image, input, resume), record the job, then
         start it on the target. Bad input fails before anything is recorded or started."""
         spec = self.sessions.resolve(recipe, backend, dict(overrides or {}))
         tgt = self.sessions.target(target)
         if not tgt.runs_jobs:
             raise BadInput(f"target {target!r} ({tgt.kind}) does not run one-off jobs",
                            hint="submit the job to a target that does (local, slurm)")
-        if spec.category not in BATCH_CATEGORIES:
-            raise BadInput(f"recipe {spec.recipe!r} is a {spec.category} recipe; batch jobs "
-                           "need an inference or embedding recipe")
+        if spec.category not in (*BATCH_CATEGORIES, "task"):
+            raise BadInput(f"recipe {spec.recipe!r} is a {spec.category} recipe; jobs need an "
+                           "inference or embedding recipe (batch) or a task recipe")
         if spec.replicas != 1 or spec.nodes != 1:
-            raise BadInput(f"a batch job runs one engine on one node; {spec.recipe!r} asks for "
+            raise BadInput(f"a job runs on one node, once; {spec.recipe!r} asks for "
                            f"{spec.replicas} replicas on {spec.nodes} nodes",
                            hint="submit with replicas=1 nodes=1")
         if not 1 <= concurrency <= self.limits.max_concurrency:
@@ -118,35 +137,38 @@ class JobManager:
                            hint="use letters, digits, '.', '_' and '-' (at most 63 characters)")
         if name and self.store.name_in_use(name):
             raise BadInput(f"a live job is already named {name!r}", hint="choose another name")
+        check_image(spec.image, [*(tgt.allowed_images or []), *self.limits.allowed_images],
+                    target)
         input_path = Path(input).expanduser().absolute()
-        summary = await asyncio.to_thread(
-            batchfile.validate_input, input_path, one_model=True,
-            max_bytes=self.limits.max_input_bytes, max_lines=self.limits.max_input_lines)
-        _check_model(summary.models, spec)
-        earlier = self._earlier_output(resume, output)
-
         job_id = _random.token_hex(4)
+        try:
+            if spec.category == "task":
+                if resume:
+                    raise BadInput("task jobs cannot be resumed", hint="submit it again")
+                plan = await self._task_plan(spec, input_path, job_id)
+            else:
+                plan = await self._batch_plan(spec, input_path, output, resume, concurrency)
+        except BaseException:  # nothing of a refused job stays behind
+            shutil.rmtree(self.sessions.home / "jobs" / job_id, ignore_errors=True)
+            raise
         jobdir = self.job_dir(job_id)
-        out_path = Path(output).expanduser().absolute() if output else jobdir / OUTPUT
-        job = Job(id=job_id, name=name or self._new_name(spec.recipe), kind="batch",
+        default_out = jobdir / ("output" if plan.kind == "task" else OUTPUT)
+        out_path = Path(output).expanduser().absolute() if output else default_out
+        if plan.kind == "task":
+            _check_output_dir(out_path)
+        job = Job(id=job_id, name=name or self._new_name(spec.recipe), kind=plan.kind,
                   recipe=spec.recipe, backend=spec.backend, target=target,
                   input=str(input_path), output=str(out_path), concurrency=concurrency,
-                  total=summary.total, resume_of=resume, owner=owner or self.sessions.owner)
-        files = {DRIVER: Path(jobrun.__file__), INPUT: input_path, "job.json": jobdir / "job.json"}
-        if earlier is not None:
-            job.resumed = len(await asyncio.to_thread(batchfile.answered_ids, earlier))
-            job.done = job.resumed
-            files[OUTPUT] = earlier
-        job_spec = batch_spec(spec)
+                  total=plan.total, done=plan.resumed, resumed=plan.resumed, resume_of=resume,
+                  owner=owner or self.sessions.owner)
+        files = {DRIVER: Path(jobrun.__file__), "job.json": jobdir / "job.json", **plan.files}
+        job_spec = job_driver_spec(spec)
         job.spec = job_spec.to_dict()
         _write_private(jobdir / "job.json", json.dumps({
-            "kind": "batch", "input": INPUT, "output": OUTPUT, "total": summary.total,
-            "concurrency": concurrency, "health_path": spec.health_path,
-            "model": spec.served_model_name, "time_limit_s": spec.time_s}))
-        self.store.insert(job, "created", f"batch of {summary.total} requests with "
-                          f"{spec.recipe} ({spec.backend}) on {target}"
-                          + (f"; {job.resumed} answered earlier are skipped" if job.resumed
-                             else ""))
+            **plan.settings, "kind": plan.kind, "total": plan.total,
+            "concurrency": concurrency, "time_limit_s": spec.time_s}))
+        self.store.insert(job, "created", f"{plan.summary} with {spec.recipe} "
+                          f"({spec.backend}) on {target}")
         self._publish(job, "created")
         req = LaunchRequest(session_id=job.id, name=job.name, spec=job_spec, workdir=jobdir,
                             secrets={"api_key": self.sessions.api_key(job.id)}, files=files)
@@ -162,6 +184,39 @@ class JobManager:
         self.store.update(job, "launched", "submitted to the target")
         self.sessions.wake()
         return job
+
+    async def _batch_plan(self, spec: ServeSpec, input_path: Path, output: str | Path | None,
+                          resume: str | None, concurrency: int) -> JobPlan:
+        summary = await asyncio.to_thread(
+            batchfile.validate_input, input_path, one_model=True,
+            max_bytes=self.limits.max_input_bytes, max_lines=self.limits.max_input_lines)
+        _check_model(summary.models, spec)
+        earlier = self._earlier_output(resume, output)
+        files = {INPUT: input_path}
+        resumed = 0
+        if earlier is not None:
+            resumed = len(await asyncio.to_thread(batchfile.answered_ids, earlier))
+            files[OUTPUT] = earlier
+        return JobPlan(
+            kind="batch", total=summary.total, files=files, resumed=resumed,
+            summary=f"batch of {summary.total} requests"
+            + (f" ({resumed} answered earlier are skipped)" if resumed else ""),
+            settings={"input": INPUT, "output": OUTPUT, "health_path": spec.health_path,
+                      "model": spec.served_model_name})
+
+    async def _task_plan(self, spec: ServeSpec, input_path: Path, job_id: str) -> JobPlan:
+        """A task's input: a directory is zipped here, a zip is checked member by member
+        (zip-slip, links, size) before anything runs, a single file is staged as it is."""
+        limits = self.limits
+        staged, total, name = await asyncio.to_thread(
+            stage_task_input, input_path, self.job_dir(job_id), limits)
+        return JobPlan(
+            kind="task", total=total, files={staged.name: staged}, resumed=0,
+            summary=f"task over {total} input file{'s' if total != 1 else ''}",
+            settings={"input": staged.name, "input_is_zip": staged.suffix == ".zip",
+                      "input_name": name, "model": spec.model or "",
+                      "max_unpacked_bytes": limits.max_input_bytes,
+                      "max_files": limits.max_input_files})
 
     def _earlier_output(self, resume: str | None, output: str | Path | None) -> Path | None:
         """The output whose answered ids a new run skips: the resumed job's, or an existing
@@ -377,14 +432,21 @@ class JobManager:
         else:
             state, reason = JobState.FAILED, st.reason or "the job ended"
         if state == JobState.DONE:
-            reason = f"{job.done - job.failed} answered, {job.failed} failed"
+            reason = (f"{job.done - job.failed} answered, {job.failed} failed"
+                      if job.kind == "batch" else f"the task ended; {job.done} of "
+                      f"{job.total} done")
         self._set(job, state, reason, event=str(state))
 
     async def _fetch(self, job: Job) -> None:
-        dest = Path(job.output)
-        fetched = await self.sessions.target(job.target).fetch(job.handle or {}, OUTPUT, dest)
-        if fetched and not job.fetched and job.state.terminal:
-            job.fetched = True
+        """The output here: a batch's JSONL as it is so far; a task's output.zip (written
+        when the task ended) unpacked into the output directory with path checks."""
+        tgt = self.sessions.target(job.target)
+        if job.kind != "task":
+            await tgt.fetch(job.handle or {}, OUTPUT, Path(job.output))
+            return
+        archive = self.job_dir(job.id) / OUTPUT_ZIP
+        if await tgt.fetch(job.handle or {}, OUTPUT_ZIP, archive):
+            await asyncio.to_thread(unpack_output, archive, Path(job.output), self.limits)
 
     # ------------------------------------------------------------------ writes and events
 
@@ -408,7 +470,7 @@ class JobManager:
             self._publish(job, str(event["kind"]))
 
 
-def batch_spec(spec: ServeSpec) -> ServeSpec:
+def job_driver_spec(spec: ServeSpec) -> ServeSpec:
     """The engine's spec with the job driver around it: the target runs the driver (staged in
     the job's directory), which starts the engine, feeds it and stops it. The engine's key
     reaches the driver as a secret environment variable, never on a command line."""
@@ -417,6 +479,82 @@ def batch_spec(spec: ServeSpec) -> ServeSpec:
     secret_env = (*spec.secret_env, ("HPCSERVE_JOB_KEY", "api_key"))
     return replace(spec, argv=argv, secret_env=secret_env, idle_timeout_s=None,
                    max_lifetime_s=None)
+
+
+def check_image(image: str | None, allowed: Sequence[str], target: str) -> None:
+    """A job's image must match the allow-list (shell-style patterns) when one is set."""
+    if not image or not allowed:
+        return
+    if not any(fnmatch.fnmatchcase(image, pattern) for pattern in allowed):
+        raise BadInput(f"image {image!r} is not allowed for jobs on {target!r}",
+                       hint="allowed: " + ", ".join(allowed) + " (allowed_images in "
+                       "targets.yaml, c.HpcserveApp.allowed_images for the server)")
+
+
+def stage_task_input(source: Path, jobdir: Path, limits: JobLimits) -> tuple[Path, int, str]:
+    """(the file to stage, how many input files, the input's own name)."""
+    try:
+        if source.is_dir():
+            archive = jobdir / "input.zip"
+            count = zip_directory(source, archive, limits)
+            return archive, count, source.name
+        if not source.is_file():
+            raise BadInput(f"input {source} does not exist (or is no file or directory)",
+                           hint="give a file, a directory or a .zip of the task's inputs")
+    except OSError as exc:
+        raise BadInput(f"input {str(source)[:200]!r} cannot be used: {exc.strerror}") from None
+    if source.suffix.lower() == ".zip":
+        try:
+            count = jobrun.check_archive(source, limits.max_input_bytes, limits.max_input_files)
+        except (jobrun.UnsafeArchive, zipfile.BadZipFile) as exc:
+            raise BadInput(f"input archive {source} refused: {exc}",
+                           hint="a zip of plain files and folders, with relative paths "
+                           "inside it") from None
+        return source, count, source.name
+    if source.stat().st_size > limits.max_input_bytes:
+        raise BadInput(f"input {source} is over the limit of {limits.max_input_bytes} bytes")
+    return source, 1, source.name
+
+
+def zip_directory(folder: Path, archive: Path, limits: JobLimits) -> int:
+    """A task's input directory as a zip (0600); links out of it are refused, not followed."""
+    root = folder.resolve()
+    files = []
+    for path in sorted(folder.rglob("*")):
+        real = path.resolve()
+        if real != root and root not in real.parents:
+            raise BadInput(f"{path} links outside the input directory {folder}",
+                           hint="copy the file itself into the directory")
+        if real.is_file():
+            files.append(path)
+    if len(files) > limits.max_input_files:
+        raise BadInput(f"input directory {folder} holds {len(files)} files, over the limit of "
+                       f"{limits.max_input_files}")
+    if sum(p.stat().st_size for p in files) > limits.max_input_bytes:
+        raise BadInput(f"input directory {folder} is over the limit of "
+                       f"{limits.max_input_bytes} bytes")
+    fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in files:
+            z.write(path, path.relative_to(folder).as_posix())
+    return len(files)
+
+
+def unpack_output(archive: Path, dest: Path, limits: JobLimits) -> None:
+    """A task's output.zip into its output directory (the same checks as any input zip)."""
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        jobrun.safe_extract(archive, dest, limits.max_input_bytes * 4, limits.max_input_files)
+    except jobrun.Stop as exc:
+        raise HpcserveError(f"the task's output was not unpacked: {exc.reason}") from None
+
+
+def _check_output_dir(path: Path) -> None:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise BadInput(f"output {path} exists and is not an empty directory",
+                       hint="a task's output is a directory: name a new or empty one")
+    if not path.parent.is_dir():
+        raise BadInput(f"output {path}: its parent directory does not exist")
 
 
 def _check_model(models: tuple[str, ...], spec: ServeSpec) -> None:

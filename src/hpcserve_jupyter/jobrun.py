@@ -24,11 +24,13 @@ import os
 import queue
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
 import time
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -345,9 +347,18 @@ def check_engine(child: subprocess.Popen[bytes], clock: Clock) -> None:
 
 def run_task(job: dict[str, Any], jobdir: Path, argv: list[str], clock: Clock,
              progress: Progress) -> None:
-    inp = jobdir / job.get("input", "input")
-    out = jobdir / job.get("output", "output")
+    """Stage the input into input/ (a zip unpacked with path checks), run the command once,
+    then pack output/ into output.zip, the one file every target fetches back."""
+    inp, out = jobdir / "input", jobdir / "output"
+    inp.mkdir(mode=0o700, exist_ok=True)
     out.mkdir(mode=0o700, exist_ok=True)
+    staged = jobdir / job["input"]
+    if job.get("input_is_zip"):
+        count = safe_extract(staged, inp, int(job.get("max_unpacked_bytes", 8 << 30)),
+                             int(job.get("max_files", 1_000_000)))
+        say(f"unpacked {count} input files")
+    elif staged.exists():
+        os.replace(str(staged), str(inp / job.get("input_name", job["input"])))
     env = dict(os.environ, HPCSERVE_INPUT=str(inp), HPCSERVE_OUTPUT=str(out),
                HPCSERVE_PROGRESS=str(jobdir / "task-progress"))
     if job.get("model"):
@@ -365,9 +376,84 @@ def run_task(job: dict[str, Any], jobdir: Path, argv: list[str], clock: Clock,
             progress.update(**task_counts(jobdir / "task-progress", out))
     finally:
         end(child)
+        pack(out, jobdir / "output.zip")  # what the task wrote, also when it failed
     progress.update(force=True, **task_counts(jobdir / "task-progress", out))
     if child.returncode != 0:
         raise Stop("failed", f"the task exited with code {child.returncode}", EXIT_FAILED)
+
+
+class UnsafeArchive(Exception):
+    """A zip member that would land outside the directory, a link, or too much data."""
+
+
+def member_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why a zip member may not be unpacked (zip-slip and links), or None."""
+    name = info.filename
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return f"{name!r} is an absolute path"
+    if ".." in parts:
+        return f"{name!r} climbs out of the directory (..)"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return f"{name!r} is a symbolic link"
+    if "\0" in name:
+        return f"{name!r} contains a NUL byte"
+    return None
+
+
+def check_archive(path: Path, max_bytes: int, max_files: int) -> int:
+    """The number of files in a zip after checking every member; UnsafeArchive otherwise."""
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        for info in infos:
+            problem = member_problem(info)
+            if problem:
+                raise UnsafeArchive(problem)
+        files = [i for i in infos if not i.is_dir()]
+        if len(files) > max_files:
+            raise UnsafeArchive(f"{len(files)} files, over the limit of {max_files}")
+        size = sum(i.file_size for i in files)
+        if size > max_bytes:
+            raise UnsafeArchive(f"{size} bytes unpacked, over the limit of {max_bytes}")
+        return len(files)
+
+
+def safe_extract(path: Path, dest: Path, max_bytes: int, max_files: int) -> int:
+    """Unpack a zip into `dest` after check_archive; files 0600, directories 0700, and the
+    sizes counted while writing (a header may lie about them)."""
+    try:
+        count = check_archive(path, max_bytes, max_files)
+    except (UnsafeArchive, zipfile.BadZipFile) as exc:
+        raise Stop("failed", f"the input archive was refused: {exc}", EXIT_FAILED) from None
+    written = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            target = dest.joinpath(*[p for p in info.filename.split("/") if p not in ("", ".")])
+            if info.is_dir():
+                target.mkdir(mode=0o700, parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(str(target), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out, archive.open(info) as src:
+                while chunk := src.read(1 << 20):
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise Stop("failed", "the input archive unpacks to more than "
+                                   f"{max_bytes} bytes", EXIT_FAILED)
+                    out.write(chunk)
+    return count
+
+
+def pack(folder: Path, archive: Path) -> None:
+    """A directory as a zip (0600), written under a temporary name; links are not followed."""
+    tmp = archive.with_name(archive.name + ".tmp")
+    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in sorted(folder.rglob("*")):
+            if path.is_symlink() or not (path.is_file() or path.is_dir()):
+                continue
+            z.write(str(path), path.relative_to(folder).as_posix())
+    os.replace(str(tmp), str(archive))
 
 
 def task_counts(progress_file: Path, output: Path) -> dict[str, int]:

@@ -89,8 +89,11 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME_RE)
     description: str = ""
-    category: Literal["inference", "embedding", "vector-db"]
+    category: Literal["inference", "embedding", "vector-db", "task"]
     model: str | None = None
+    # Task recipes (one-off jobs): the program run once per job, argv with the placeholders
+    # of spec.py ({HPCSERVE_PYTHON}...); it reads $HPCSERVE_INPUT and writes $HPCSERVE_OUTPUT.
+    command: list[str] | None = Field(None, min_length=1)
     model_install_hint: str | None = None
     served_model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$")
     backends: list[str] = Field(min_length=1)
@@ -103,6 +106,21 @@ class Recipe(BaseModel):
     images: dict[str, str] = Field(default_factory=dict)
     idle_timeout: str | int | None = None
     max_lifetime: str | int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_backend(cls, data: Any) -> Any:
+        """A task recipe runs its own command: its one backend is `task` unless it says."""
+        if isinstance(data, dict) and data.get("category") == "task" and "backends" not in data:
+            return {**data, "backends": ["task"]}
+        return data
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and any(not str(a) or "\0" in str(a) for a in v):
+            raise ValueError("each word of the command must be non-empty text without NUL")
+        return [str(a) for a in v] if v is not None else None
 
     @field_validator("model")
     @classmethod
@@ -128,8 +146,11 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
-        if self.category != "vector-db" and not self.model:
+        if self.category not in ("vector-db", "task") and not self.model:
             raise ValueError(f"a recipe of category {self.category!r} needs a model")
+        if (self.category == "task") != (self.command is not None):
+            raise ValueError("a task recipe needs a command (the program to run), and only "
+                             "task recipes have one")
         gpr = self.replicas.gpu_per_replica
         if gpr is not None:
             if self.resources.gpus == 0:
@@ -160,6 +181,7 @@ class Recipe(BaseModel):
             "category": self.category,
             "model": self.model,
             "backends": list(self.backends),
+            **({"command": list(self.command)} if self.command else {}),
             "resources": self.resources.model_dump(),
             "replicas": self.replica_count,
         }

@@ -24,6 +24,7 @@ BUILTIN = {
     "llama-cpp": "hpcserve_jupyter.backends.llama_cpp:LlamaCpp",
     "chroma": "hpcserve_jupyter.backends.chroma:Chroma",
     "qdrant": "hpcserve_jupyter.backends.qdrant:Qdrant",
+    "task": "hpcserve_jupyter.backends.task:Task",
 }
 
 

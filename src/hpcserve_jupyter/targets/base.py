@@ -114,6 +114,13 @@ class Target:
         config = dict(config or {})
         source = config.pop("_source", (None, None))  # (file, line) of the entry, for errors
         self.name = name
+        # Images one-off jobs may run here (shell-style patterns); None: no list.
+        allowed = config.pop("allowed_images", None)
+        if allowed is not None and (not isinstance(allowed, list) or
+                                    not all(isinstance(a, str) and a for a in allowed)):
+            raise RecipeError(f"target {name!r}: allowed_images must be a list of image names "
+                              "or patterns", path=source[0], line=source[1])
+        self.allowed_images: list[str] | None = allowed
         try:
             self.settings = self.settings_model.model_validate(config)
         except ValidationError as exc:

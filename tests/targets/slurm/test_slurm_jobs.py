@@ -102,3 +102,23 @@ def test_cancel_on_the_cluster_keeps_the_partial_output(hp, tmp_path):
     squeue = subprocess.run(["squeue", "-h", "-j", cancelled.handle["job_id"]],
                             capture_output=True, text=True).stdout
     assert "RUNNING" not in squeue  # the allocation is given back
+
+
+def test_task_recipe_on_the_cluster(hp, tmp_path):
+    source = tmp_path / "docs"
+    source.mkdir()
+    for i in range(3):
+        (source / f"f{i}.txt").write_text(f"document number {i} " * (i + 1))
+    job = hp.submit_job("embed-files", source, on="cluster", output=tmp_path / "vectors")
+    final = job.wait(timeout=400)
+    assert final.state == JobState.DONE, (final.reason, final.log_tail)
+    assert (final.done, final.total) == (3, 3)
+    files = sorted(p.name for p in (tmp_path / "vectors").iterdir())
+    assert files == ["f0.txt.json", "f1.txt.json", "f2.txt.json"]
+    for name in files:
+        data = json.loads((tmp_path / "vectors" / name).read_text())
+        assert len(data["embedding"]) == 576 and data["file"] == name[:-5]
+    # The input went up as one zip, unpacked on the node inside the job's directory.
+    workdir = Path(final.handle["workdir"])
+    assert sorted(p.name for p in (workdir / "input").iterdir()) == \
+        ["f0.txt", "f1.txt", "f2.txt"]

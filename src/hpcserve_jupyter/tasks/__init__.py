@@ -1,0 +1,1 @@
+"""Example task programs that task recipes run (see recipes/embed-files.yaml)."""
