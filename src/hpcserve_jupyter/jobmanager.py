@@ -419,6 +419,8 @@ class JobManager:
             job.log_tail = redact(st.log_tail, [self.sessions.api_key(job.id)])
         with contextlib.suppress(HpcserveError):
             await self._fetch(job)
+        with contextlib.suppress(HpcserveError):
+            await self.sessions.target(job.target).release(job.handle or {})
         phase = str(progress.get("phase", ""))
         reason = str(progress.get("reason") or "")
         if st.phase == Phase.TIMEOUT:

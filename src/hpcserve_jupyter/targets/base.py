@@ -165,6 +165,10 @@ class Target:
         it does not exist."""
         raise NotImplementedError
 
+    async def release(self, handle: Mapping[str, Any]) -> None:
+        """Free what an ended job left behind (a volume...) once its output was fetched;
+        a target that keeps job files where users expect them (a job directory) does nothing."""
+
     def secret_settings(self) -> list[SecretSetting]:
         """The secrets this target reads from environment variables (names, not values)."""
         return []
