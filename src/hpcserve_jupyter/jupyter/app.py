@@ -113,6 +113,19 @@ class HpcserveApp(ExtensionApp):
     events_keepalive_interval = Float(
         15.0, config=True,
         help="Seconds between keepalive comments on the Server-Sent Events stream.")
+    allowed_images = List(
+        Unicode(), config=True,
+        help="""Container images one-off jobs may run (shell-style patterns such as
+        docker://ghcr.io/our-lab/*), on every target; empty: no server-wide list (a target's
+        own `allowed_images` in targets.yaml still applies).""")
+    job_max_input_mb = Int(
+        2048, config=True, help="Largest job input file (or unpacked input archive), in MB.")
+    job_max_input_lines = Int(
+        5_000_000, config=True, help="Most request lines a batch job's input may have.")
+    job_max_input_files = Int(
+        100_000, config=True, help="Most files a task job's input archive may hold.")
+    job_max_concurrency = Int(
+        256, config=True, help="Most requests a batch job may keep in flight.")
 
     @validate("default_idle_timeout", "default_max_lifetime")
     def _valid_duration(self, proposal: dict[str, Any]) -> str:
@@ -126,6 +139,7 @@ class HpcserveApp(ExtensionApp):
     groups: dict[str, ReplicaGroup]
 
     def initialize_settings(self) -> None:
+        from ..jobmanager import JobLimits
         from ..resolve import LaunchDefaults
         from ..service import SessionService
 
@@ -137,7 +151,13 @@ class HpcserveApp(ExtensionApp):
                                     max_lifetime=self.default_max_lifetime or None),
             # shown on every target use, not a dead server
             on_config_error=lambda message: self.log.error("hpcserve: %s", message),
-            poll_interval=self.poll_interval, start_timeout=self.start_timeout)
+            poll_interval=self.poll_interval, start_timeout=self.start_timeout,
+            job_limits=JobLimits(
+                max_input_bytes=self.job_max_input_mb << 20,
+                max_input_lines=self.job_max_input_lines,
+                max_input_files=self.job_max_input_files,
+                max_concurrency=self.job_max_concurrency,
+                allowed_images=tuple(self.allowed_images)))
         self.manager = self.service.manager
         self.groups = {}
         self._http: httpx.AsyncClient | None = None
