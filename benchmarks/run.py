@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 ALL = ["p5_import_time", "p4_launch_overhead", "p1_proxy", "p6_gateway", "p7_load_ext",
-       "p2_tunnel", "p3_slurm_tick"]
+       "p2_tunnel", "p3_slurm_tick", "p_jobs"]
 
 
 def main(names: list[str]) -> int:

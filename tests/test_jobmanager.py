@@ -219,6 +219,9 @@ def test_cli_bad_input_is_a_usage_error_without_traceback(run_cli, tmp_path):
     assert r.returncode == 2 and "no job 'nosuchjob'" in r.stderr
     r = run_cli("job", "submit", "smollm2-135m")
     assert r.returncode == 2 and "--input" in r.stderr
+    good = write(tmp_path / "good.jsonl", chat_lines(1))
+    r = run_cli("job", "submit", "smollm2-135m", "--input", str(good), "--set", "concurrency=3")
+    assert r.returncode == 2 and "use --concurrency" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("job", "status", "--all", "--json")
     assert r.returncode == 0 and json.loads(r.stdout) == []  # nothing was recorded
 

@@ -91,3 +91,33 @@ def test_driver_runs_a_task_and_reports_its_failure(tmp_path):
     with zipfile.ZipFile(tmp_path / "output.zip") as z:  # packed even though it failed
         assert z.read("seen.txt") == b"data.txt"
     assert os.environ.get("HPCSERVE_INPUT") is None
+
+
+def test_lines_the_driver_cannot_send_are_error_lines_and_a_broken_file_fails(tmp_path):
+    """A file changed after it was checked: a line without url becomes its own error line
+    (no worker dies, no line is lost), an unreadable line fails the job with its number. The
+    engine is Python's own http.server (GET / answers 200, POST is 501)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "job.json").write_text(json.dumps(
+        {"kind": "batch", "input": "input.jsonl", "output": "output.jsonl", "total": 3,
+         "concurrency": 2, "health_path": "/", "model": "m"}))
+    (tmp_path / "input.jsonl").write_text(
+        json.dumps({"custom_id": "a", "url": "/v1/chat/completions", "body": {}}) + "\n"
+        + json.dumps({"custom_id": "b", "body": {}}) + "\n" + "not json\n")
+    r = subprocess.run([sys.executable, jobrun.__file__, "--job", str(tmp_path / "job.json"),
+                        "--port", str(port), "--", sys.executable, "-m", "http.server",
+                        "--bind", "127.0.0.1", str(port)], capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path)
+    assert r.returncode == jobrun.EXIT_FAILED, r.stderr
+    progress = json.loads((tmp_path / "progress.json").read_text())
+    assert progress["phase"] == "failed" and "line 3" in progress["reason"]
+    out = {x["custom_id"]: x for x in map(json.loads,
+                                          (tmp_path / "output.jsonl").read_text().splitlines())}
+    assert sorted(out) == ["a", "b"]
+    assert out["a"]["response"]["status_code"] == 501 and out["a"]["error"]
+    assert out["b"]["response"] is None and "could not be sent" in out["b"]["error"]["message"]
+    assert progress["done"] == 2 and progress["failed"] == 2

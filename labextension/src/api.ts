@@ -103,7 +103,8 @@ export function openaiBaseUrl(): string {
   return new URL(url, window.location.href).href;
 }
 
-async function send(path: string, init: RequestInit): Promise<Response> {
+/** A request to the API through ServerConnection; throws ApiError unless the answer is OK. */
+export async function send(path: string, init: RequestInit): Promise<Response> {
   const s = settings();
   let response: Response;
   try {

@@ -1,6 +1,7 @@
 /**
- * hpcserve-jupyter's JupyterLab extension: a sidebar of AI serving sessions (live from the
- * server extension's event stream), a launch dialog, log panels and notebook helpers.
+ * hpcserve-jupyter's JupyterLab extension: a sidebar of AI serving sessions and one-off jobs
+ * (live from the server extension's event stream), a launch dialog, log panels and notebook
+ * helpers.
  */
 import {
   ILayoutRestorer,
@@ -19,22 +20,21 @@ import {
 import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
 import { addBelowIcon, copyIcon, linkIcon, stopIcon } from '@jupyterlab/ui-components';
 
-import { api, ApiError, ISession, openaiBaseUrl } from './api';
+import { api, ISession, openaiBaseUrl } from './api';
 import { CommandIDs } from './commands';
 import { keepaliveIcon, logIcon, sessionsIcon } from './icons';
+import { addJobCommands } from './jobcommands';
+import { JobsModel } from './jobs';
+import { JobsSection } from './jobsview';
 import { askLaunch, ILaunchFields } from './launch';
 import { createLogPanel, LogView } from './logs';
 import { SessionsModel } from './model';
+import { notifyError } from './notify';
 import { IRowAction, SessionsPanel } from './sidebar';
 
 const CATEGORY = 'AI Sessions';
 
-/** Show an API failure with the server's own message (`error`, then `detail`). */
-export function notifyError(what: string, err: unknown): void {
-  const text =
-    err instanceof ApiError ? err.text : (err as Error)?.message || String(err ?? 'unknown error');
-  Notification.error(`${what}: ${text}`, { autoClose: 10000 });
-}
+export { notifyError };
 
 /** The text of the `%%serve` cell inserted for a session. */
 export function serveCell(session: Pick<ISession, 'id' | 'name'>): string {
@@ -43,7 +43,7 @@ export function serveCell(session: Pick<ISession, 'id' | 'name'>): string {
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'hpcserve-jupyter:plugin',
-  description: 'Launch, watch, prompt and stop AI serving sessions (hpcserve).',
+  description: 'Launch, watch, prompt and stop AI serving sessions; follow jobs (hpcserve).',
   autoStart: true,
   optional: [ICommandPalette, ILayoutRestorer, INotebookTracker],
   activate: (
@@ -54,6 +54,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
   ) => {
     const { commands, shell } = app;
     const model = new SessionsModel();
+    // connected before the stream starts, so the first snapshot's jobs are not missed
+    const jobs = new JobsModel(model.events);
     model.start();
 
     const sessionOf = async (args: { id?: unknown }): Promise<ISession | null> => {
@@ -115,6 +117,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const sidebar = new SessionsPanel(model, commands, rowActions);
     sidebar.title.icon = sessionsIcon;
     sidebar.title.caption = 'AI Sessions (hpcserve)';
+    sidebar.addSection(new JobsSection(jobs, commands));
+    addJobCommands(commands, jobs);
     shell.add(sidebar, 'left', { rank: 650 });
     restorer?.add(sidebar, 'hpcserve-sessions');
 

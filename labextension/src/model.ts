@@ -25,6 +25,11 @@ export class SessionsModel {
     return this._changed;
   }
 
+  /** Every message of the event stream (the jobs model reads its job changes from it). */
+  get events(): ISignal<SessionEventStream, ISessionEvent> {
+    return this._stream.message;
+  }
+
   get connectionChanged(): ISignal<this, ConnectionState> {
     return this._connection;
   }

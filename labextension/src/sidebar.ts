@@ -37,6 +37,33 @@ export function formatAge(seconds: number): string {
   return h % 24 ? `${d}d ${h % 24}h` : `${d}d`;
 }
 
+/** A small icon button carrying `data-action` (what the browser tests click). */
+export function actionButton(
+  action: string,
+  icon: LabIcon,
+  label: string,
+  onClick: () => void
+): HTMLButtonElement {
+  const b = document.createElement('button');
+  b.className = 'jp-Button jp-mod-minimal jp-hpcserve-button';
+  b.type = 'button';
+  b.title = label;
+  b.setAttribute('aria-label', label);
+  b.dataset.action = action;
+  icon.element({ container: b, elementPosition: 'center', height: '16px', width: '16px' });
+  b.addEventListener('click', e => {
+    e.stopPropagation();
+    onClick();
+  });
+  return b;
+}
+
+/** A part of the sidebar below the sessions, with its own DOM and lifetime. */
+export interface ISidebarSection {
+  readonly node: HTMLElement;
+  dispose(): void;
+}
+
 interface IRow {
   node: HTMLLIElement;
   name: HTMLSpanElement;
@@ -67,13 +94,13 @@ export class SessionsPanel extends Widget {
     const buttons = document.createElement('div');
     buttons.className = 'jp-hpcserve-sidebar-buttons';
     buttons.append(
-      this._button('launch', addIcon, 'Launch a session…', () =>
+      actionButton('launch', addIcon, 'Launch a session…', () =>
         void this.commands.execute(CommandIDs.launch)
       ),
-      this._button('reconnect', refreshIcon, 'Reconnect to the event stream', () =>
+      actionButton('reconnect', refreshIcon, 'Reconnect to the event stream', () =>
         this.model.reconnect()
       ),
-      this._button('clear-ended', clearIcon, 'Clear ended sessions from the list', () =>
+      actionButton('clear-ended', clearIcon, 'Clear ended sessions from the list', () =>
         this.model.clearEnded()
       )
     );
@@ -94,27 +121,16 @@ export class SessionsPanel extends Widget {
 
   dispose(): void {
     window.clearInterval(this._timer);
+    for (const section of this._sections) {
+      section.dispose();
+    }
     super.dispose();
   }
 
-  private _button(
-    action: string,
-    icon: LabIcon,
-    label: string,
-    onClick: () => void
-  ): HTMLButtonElement {
-    const b = document.createElement('button');
-    b.className = 'jp-Button jp-mod-minimal jp-hpcserve-button';
-    b.type = 'button';
-    b.title = label;
-    b.setAttribute('aria-label', label);
-    b.dataset.action = action;
-    icon.element({ container: b, elementPosition: 'center', height: '16px', width: '16px' });
-    b.addEventListener('click', e => {
-      e.stopPropagation();
-      onClick();
-    });
-    return b;
+  /** Show `section` below the sessions (the jobs); it is disposed with the panel. */
+  addSection(section: ISidebarSection): void {
+    this._sections.push(section);
+    this.node.append(section.node);
   }
 
   private _renderConnection(): void {
@@ -216,7 +232,7 @@ export class SessionsPanel extends Widget {
         ...this.rowActions
           .filter(a => !ended || a.ended)
           .map(a =>
-            this._button(a.action, a.icon, a.label, () =>
+            actionButton(a.action, a.icon, a.label, () =>
               void this.commands.execute(a.command, { id: row.node.dataset.sessionId! })
             )
           )
@@ -244,5 +260,6 @@ export class SessionsPanel extends Widget {
   private _empty: HTMLDivElement;
   private _dot: HTMLSpanElement;
   private _rows = new Map<string, IRow>();
+  private _sections: ISidebarSection[] = [];
   private _timer: number;
 }

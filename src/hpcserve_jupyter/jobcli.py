@@ -15,7 +15,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import jobviews
-from .cmdargs import count_arg, launch_overrides, seconds_arg
+from .cmdargs import count_arg, launch_overrides, parse_sets, seconds_arg
+from .errors import BadInput
 
 if TYPE_CHECKING:
     from .facade import Facade
@@ -77,7 +78,17 @@ def status_json(job: Job) -> dict[str, Any]:
     return job.public()
 
 
+# submit_job()'s own arguments: `--set` must not reach it under these names (their options)
+SUBMIT_OPTIONS = {"input": "--input", "output": "--output", "concurrency": "--concurrency",
+                  "resume": "--resume"}
+
+
 def submit(api: Facade, args: argparse.Namespace) -> Job:
+    """Submit as `hpcserve job submit` and `%serve job submit` both do."""
+    for key in parse_sets(args.set):  # malformed pairs: launch_overrides' own message
+        if key in SUBMIT_OPTIONS:
+            raise BadInput(f"unknown override {key!r}: it is not a recipe field",
+                           hint=f"use {SUBMIT_OPTIONS[key]}")
     backend, overrides = launch_overrides(args)
     handle = api.submit_job(args.recipe, args.input, on=args.on, backend=backend,
                             name=args.name, output=args.output, concurrency=args.concurrency,

@@ -279,31 +279,44 @@ def send_all(job: dict[str, Any], input_path: Path, output: Path, skip: set[str]
     done: queue.Queue[dict[str, Any]] = queue.Queue()
     abort = threading.Event()
 
+    broken: list[str] = []  # why the reader stopped early (the file changed after it was checked)
+
     def feed() -> None:
-        with open(input_path, "rb") as fh:
-            for raw in fh:
-                if abort.is_set():
-                    break
-                if not raw.strip():
-                    continue
-                line = json.loads(raw)
-                if str(line["custom_id"]) in skip:
-                    continue
-                while not abort.is_set():
-                    try:
-                        todo.put(line, timeout=0.2)
+        number = 0
+        try:
+            with open(input_path, "rb") as fh:
+                for number, raw in enumerate(fh, 1):  # noqa: B007 - read in the except
+                    if abort.is_set():
                         break
-                    except queue.Full:
+                    if not raw.strip():
                         continue
-        for _ in range(concurrency):
-            todo.put(None)
+                    line = json.loads(raw)
+                    if str(line["custom_id"]) in skip:
+                        continue
+                    while not abort.is_set():
+                        try:
+                            todo.put(line, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            broken.append(f"the input file cannot be read at line {max(number, 1)}: {exc!r}")
+        finally:
+            for _ in range(concurrency):  # the workers end whatever happened
+                todo.put(None)
 
     def work() -> None:
         while not abort.is_set():
             line = todo.get()
             if line is None:
                 return
-            done.put(answer(engine, line, model))
+            try:
+                result = answer(engine, line, model)
+            except Exception as exc:  # one odd line never stops a worker (nor loses the line)
+                result = {"id": f"batch-req-{uuid.uuid4().hex}",
+                          "custom_id": str(line.get("custom_id")), "response": None,
+                          "error": {"message": f"the request could not be sent: {exc!r}"}}
+            done.put(result)
 
     threads = [threading.Thread(target=feed, daemon=True)]
     threads += [threading.Thread(target=work, daemon=True) for _ in range(concurrency)]
@@ -330,6 +343,8 @@ def send_all(job: dict[str, Any], input_path: Path, output: Path, skip: set[str]
                 counts["failed"] += result["error"] is not None
                 progress.update(**counts)
                 clock.check()
+        if broken:
+            raise Stop("failed", broken[0] + "; the answers so far are kept", EXIT_FAILED)
     finally:
         abort.set()
         progress.update(force=True, **counts)

@@ -73,7 +73,7 @@ def test_panel_shows_as_a_widget_with_a_stable_text(panel):
     assert bundle["text/plain"] == "hpcserve control panel (widgets: shown in Jupyter)"
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == \
         panel.widget.model_id
-    assert panel.tabs.titles == ("Sessions", "Logs", "Chat")
+    assert panel.tabs.titles == ("Sessions", "Logs", "Chat", "Jobs")
 
 
 def test_a_failed_launch_shows_its_reason(panel, hp):

@@ -2,7 +2,8 @@
 
 Every command calls `hpcserve_jupyter.api.default()` (or the facade given to HpcserveMagics),
 so the magics hold no launch logic. In a notebook (an ipykernel shell) progress and streamed
-answers are updating displays; in a terminal they are printed lines.
+answers are updating displays; in a terminal they are printed lines. The one-off job commands
+(`%serve job ...`) are in `jobs.py`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from .. import views
 from ..cmdargs import add_launch_arguments, count_arg, launch_overrides, seconds_arg
+from .jobs import JobCommands, add_job_parser
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -120,6 +122,8 @@ def build_line_parser() -> UsageParser:
                    "[\"p95_latency_s <= 2\", \"errors == 0\"]")
     b.add_argument("--out", metavar="DIR", help="where the JSON files go (default: .)")
     b.add_argument("--no-plot", action="store_true")
+
+    add_job_parser(sub)
 
     h = sub.add_parser("help", help="this help")
     h.add_argument("topic", nargs="?")
@@ -244,7 +248,7 @@ class HpcserveMagics(Magics):
             "launch": self.cmd_launch, "wait": self.cmd_wait, "status": self.cmd_status,
             "logs": self.cmd_logs, "stop": self.cmd_stop, "keepalive": self.cmd_keepalive,
             "use": self.cmd_use, "models": self.cmd_models, "panel": self.cmd_panel,
-            "bench": self.cmd_bench,
+            "bench": self.cmd_bench, "job": JobCommands(self),
         }
 
     @property
@@ -472,10 +476,10 @@ class HpcserveMagics(Magics):
                 print(f"hpcserve: the answer is not valid JSON ({exc}); returning the text",
                       file=sys.stderr)
         if args.output:
-            self._user_ns()[args.output] = str(result) if isinstance(result, str) else result
+            self.user_ns()[args.output] = str(result) if isinstance(result, str) else result
         return result
 
-    def _user_ns(self) -> dict[str, object]:
+    def user_ns(self) -> dict[str, object]:
         """The notebook's variables."""
         if self.shell is None:
             raise UsageError("the %serve magics are not loaded into an IPython shell")
@@ -487,7 +491,7 @@ class HpcserveMagics(Magics):
         if not text:
             raise UsageError("the cell is empty: write the prompt in the cell, below %%serve")
         try:
-            return text.format_map(self._user_ns())
+            return text.format_map(self.user_ns())
         except KeyError as exc:
             raise UsageError(f"{{{exc.args[0]}}} in the prompt: no such variable in the notebook "
                              "(write {{ and }} for literal braces)") from None

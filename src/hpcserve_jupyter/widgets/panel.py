@@ -1,4 +1,5 @@
-"""The control panel: the launch form above three tabs (Sessions, Logs, Chat), one module each.
+"""The control panel: the launch form above four tabs (Sessions, Logs, Chat, Jobs), one module
+each.
 
 Everything goes through the facade (`api.default()` unless one is given). The session table
 follows the facade's event stream (`facade.subscribe`): no polling. Slow calls (launch and
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 
 from .chat_tab import ChatTab
+from .jobs_tab import JobsTab
 from .launch_form import LaunchForm
 from .logs_tab import LogsTab
 from .session_row import SessionRow
@@ -43,14 +45,15 @@ class ControlPanel:
                                     chat_with=self.chat_with, on_render=self._offer)
         self.logs = LogsTab(self._shared)
         self.chat = ChatTab(self._shared)
+        self.jobs = JobsTab(self._shared)
         self._expose_widgets()
         self.sessions.render()
-        self.tabs = W.Tab(children=[self.sessions.box, self.logs.box, self.chat.box],
-                          titles=("Sessions", "Logs", "Chat"))
+        self.tabs = W.Tab(children=[self.sessions.box, self.logs.box, self.chat.box,
+                                    self.jobs.box], titles=("Sessions", "Logs", "Chat", "Jobs"))
         self.widget = W.VBox([W.HTML("<b>hpcserve</b> — launch and prompt AI serving sessions"),
                               self.form.box, self.tabs])
         self._subscription: Subscription | None = (
-            facade.subscribe(self.sessions.on_event) if subscribe else None)
+            facade.subscribe(self._on_event) if subscribe else None)
         if self._subscription is None:  # no event stream: the table changes on `refresh`
             self.refresh()
 
@@ -113,9 +116,18 @@ class ControlPanel:
             self._subscription.close()
             self._subscription = None
         self.sessions.close()
+        self.jobs.close()
         self.widget.close()
 
     # ------------------------------------------------------------------ between the tabs
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        """An event to the tab it is about: a job's to Jobs, a session's to Sessions, a
+        snapshot or resync to both."""
+        if not event.get("job"):
+            self.sessions.on_event(event)
+        if not event.get("session"):
+            self.jobs.on_event(event)
 
     def _offer(self, rows: list[SessionRow]) -> None:
         """The sessions the Logs tab offers (all in the table) and the Chat tab (ready ones)."""
@@ -145,6 +157,7 @@ class ControlPanel:
 
     def refresh(self) -> None:
         self.sessions.refresh()
+        self.jobs.refresh()
 
     def table_text(self) -> str:
         return self.sessions.table_text()
