@@ -360,3 +360,16 @@ def test_results_frame_without_pandas_says_so(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)  # `import pandas` now raises ImportError
     with pytest.raises(ImportError, match="results_frame needs pandas"):
         results_frame(output_file(tmp_path))
+
+
+def test_results_follow_the_input_order_when_asked(tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"custom_id": c, "url": "/v1/completions",
+                                       "body": {"prompt": c}}) + "\n" for c in "abc"))
+    out = tmp_path / "out.jsonl"
+    out.write_text("".join(json.dumps({"custom_id": c, "response": {
+        "status_code": 200, "body": {"choices": [{"text": c.upper()}]}}, "error": None}) + "\n"
+        for c in ["c", "zz", "a", "b"]))
+    assert [r["custom_id"] for r in read_results(out)] == ["c", "zz", "a", "b"]  # as arrived
+    assert [r["custom_id"] for r in read_results(out, inp)] == ["a", "b", "c", "zz"]
+    assert [r["text"] for r in read_results(out, inp)] == ["A", "B", "C", "ZZ"]

@@ -73,8 +73,9 @@ def test_batch_job_end_to_end(hp, tmp_path):
     assert list(frame.columns[:2]) == ["custom_id", "status_code"]
     assert len(frame) == 10 and frame.set_index("custom_id").loc["q3", "error"]
     assert frame.set_index("custom_id").loc["q0", "text"]
-    records = job.results(frame=False)
-    assert [r["custom_id"] for r in records] == [x["custom_id"] for x in out]
+    records = job.results(frame=False)  # in the input's order, whatever order they arrived in
+    assert [r["custom_id"] for r in records] == [x["custom_id"] for x in lines]
+    assert list(frame["custom_id"]) == [x["custom_id"] for x in lines]
     # The engine ended with the job: nothing listens on the job's port any more.
     assert hp.job_status("e2e").state == JobState.DONE
     assert hp.jobs(live_only=True) == []

@@ -340,16 +340,32 @@ def _flatten(obj: dict[str, Any]) -> dict[str, Any]:
             "error": error, "usage": usage if isinstance(usage, dict) else None}
 
 
-def read_results(path: Path) -> list[dict[str, Any]]:
-    """The output file's answers in file order, flattened to RESULT_COLUMNS."""
-    return [_flatten(obj) for obj in _records(Path(path))]
+def input_order(path: Path) -> dict[str, int]:
+    """custom_id -> position in an input file (answers arrive in any order; tables show them
+    in the input's)."""
+    order: dict[str, int] = {}
+    for obj in _records(Path(path)):
+        cid = obj.get("custom_id")
+        if isinstance(cid, str) and cid not in order:
+            order[cid] = len(order)
+    return order
 
 
-def results_frame(path: Path) -> Any:
+def read_results(path: Path, order: Path | None = None) -> list[dict[str, Any]]:
+    """The output file's answers flattened to RESULT_COLUMNS: in file order (the order they
+    arrived), or in the order of the input file `order` (unknown ids last)."""
+    records = [_flatten(obj) for obj in _records(Path(path))]
+    if order is not None and Path(order).is_file():
+        position = input_order(Path(order))
+        records.sort(key=lambda r: position.get(r["custom_id"], len(position)))
+    return records
+
+
+def results_frame(path: Path, order: Path | None = None) -> Any:
     """read_results as a pandas DataFrame (columns RESULT_COLUMNS)."""
     try:
         import pandas as pd
     except ImportError as e:
         raise ImportError("results_frame needs pandas (pip install pandas); read_results "
                           "gives the same records as a list of dicts") from e
-    return pd.DataFrame(read_results(path), columns=list(RESULT_COLUMNS))
+    return pd.DataFrame(read_results(path, order), columns=list(RESULT_COLUMNS))

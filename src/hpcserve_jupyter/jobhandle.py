@@ -63,8 +63,8 @@ class JobHandle:
         return self._facade.job_results(self.job.id, output=path)
 
     def results(self, *, frame: bool | None = None) -> Any:
-        """The answers in output order: a pandas DataFrame (custom_id, text, embedding,
-        error, usage, status_code) when pandas is installed (or frame=True), else dicts.
+        """The answers in the input's order: a pandas DataFrame (custom_id, status_code,
+        text, embedding, error, usage) when pandas is installed (or frame=True), else dicts.
         A task job's results are its output directory (a Path)."""
         path = self.output()
         if path.is_dir():
@@ -76,7 +76,9 @@ class JobHandle:
                 frame = False
             else:
                 frame = True
-        return batchfile.results_frame(path) if frame else batchfile.read_results(path)
+        order = Path(self.job.input)  # the input file, where this process can read it
+        return (batchfile.results_frame(path, order) if frame
+                else batchfile.read_results(path, order))
 
     def __repr__(self) -> str:
         j = self.job

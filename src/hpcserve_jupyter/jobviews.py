@@ -70,6 +70,9 @@ class JobList(list, _View):
             rows.append(row)
         return html_table(HEADER, rows, raw_columns=frozenset({2, 3}))
 
+    __repr__ = _View.__repr__  # list's own would come first
+    _repr_pretty_ = _View._repr_pretty_
+
 
 class JobDetail(_View):
     def __init__(self, job: Job) -> None:
