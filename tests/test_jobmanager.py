@@ -19,21 +19,11 @@ from facade_fixtures import facade_fixture
 from hpcserve_jupyter import batchfile
 from hpcserve_jupyter.errors import BadInput
 from hpcserve_jupyter.jobs import JobState
+from job_inputs import chat_lines, write
 
 pytestmark = pytest.mark.model
 
 hp = facade_fixture(scope="module")
-
-
-def chat_lines(n: int, max_tokens: int = 8, prefix: str = "q") -> list[dict]:
-    return [{"custom_id": f"{prefix}{i}", "method": "POST", "url": "/v1/chat/completions",
-             "body": {"messages": [{"role": "user", "content": f"Count to {i % 7 + 2}."}],
-                      "max_tokens": max_tokens, "temperature": 0}} for i in range(n)]
-
-
-def write(path: Path, lines: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return path
 
 
 def output_lines(path: str | Path) -> list[dict]:

@@ -183,13 +183,14 @@ class Hpcserve(Prompting):
     def submit_job(self, recipe: str, input: str | Path, *, on: str = "local",
                    backend: str | None = None, name: str | None = None,
                    output: str | Path | None = None, concurrency: int = 8,
-                   resume: str | None = None, **overrides: Any) -> JobHandle:
+                   resume: str | None = None, runner: str = "auto",
+                   **overrides: Any) -> JobHandle:
         """Submit a batch job over an OpenAI Batch file; returns at once (job.wait() waits)."""
         from .jobhandle import JobHandle
 
         job = self._loop.run(self.service.submit_job(
             recipe, input, target=on, backend=backend, name=name, output=output,
-            concurrency=concurrency, resume=resume, overrides=overrides))
+            concurrency=concurrency, resume=resume, overrides=overrides, runner=runner))
         return JobHandle(self, job)
 
     def batch_job(self, recipe: str, prompts: Any, *, url: str = "/v1/chat/completions",

@@ -60,7 +60,8 @@ class Facade(Protocol):
     def submit_job(self, recipe: str, input: str | Path, *, on: str = "local",
                    backend: str | None = None, name: str | None = None,
                    output: str | Path | None = None, concurrency: int = 8,
-                   resume: str | None = None, **overrides: Any) -> JobHandle: ...
+                   resume: str | None = None, runner: str = "auto",
+                   **overrides: Any) -> JobHandle: ...
     def batch_job(self, recipe: str, prompts: Any, *, url: str = "/v1/chat/completions",
                   system: str | None = None, params: dict[str, Any] | None = None,
                   on: str = "local", backend: str | None = None, name: str | None = None,

@@ -45,6 +45,10 @@ def add_submit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", "-c", type=positive_int, default=8,
                    help="requests in flight (default: 8)")
     p.add_argument("--resume", metavar="ID", help="skip what job ID already answered")
+    p.add_argument("--runner", choices=("auto", "generic", "engine"), default="auto",
+                   help="who sends the requests: generic (this tool's runner), engine (the "
+                   "engine's own, e.g. vllm run-batch), auto (default: the faster where it "
+                   "answers every line)")
     p.add_argument("--gpus", help="GPUs")
     p.add_argument("--time", help="time limit, e.g. 30m, 2h (the job ends `timeout` then)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -80,7 +84,7 @@ def status_json(job: Job) -> dict[str, Any]:
 
 # submit_job()'s own arguments: `--set` must not reach it under these names (their options)
 SUBMIT_OPTIONS = {"input": "--input", "output": "--output", "concurrency": "--concurrency",
-                  "resume": "--resume"}
+                  "resume": "--resume", "runner": "--runner"}
 
 
 def submit(api: Facade, args: argparse.Namespace) -> Job:
@@ -92,7 +96,7 @@ def submit(api: Facade, args: argparse.Namespace) -> Job:
     backend, overrides = launch_overrides(args)
     handle = api.submit_job(args.recipe, args.input, on=args.on, backend=backend,
                             name=args.name, output=args.output, concurrency=args.concurrency,
-                            resume=args.resume, **overrides)
+                            resume=args.resume, runner=args.runner, **overrides)
     return handle.job
 
 

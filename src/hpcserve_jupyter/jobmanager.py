@@ -44,6 +44,7 @@ DRIVER = "hpcserve_jobrun.py"
 INPUT, OUTPUT, PROGRESS = "input.jsonl", "output.jsonl", "progress.json"
 OUTPUT_ZIP = "output.zip"  # a task's output directory, packed by the driver
 BATCH_CATEGORIES = ("inference", "embedding")
+RUNNERS = ("auto", "generic", "engine")  # who sends a batch job's requests (choose_runner)
 # What the driver's final phase means, once the target says the job ended.
 _FINAL = {"done": JobState.DONE, "failed": JobState.FAILED, "cancelled": JobState.CANCELLED,
           "timeout": JobState.TIMEOUT}
@@ -114,14 +115,15 @@ class JobManager:
                      backend: str | None = None, name: str | None = None,
                      output: str | Path | None = None, concurrency: int = 8,
                      resume: str | None = None, overrides: Mapping[str, Any] | None = None,
-                     owner: str | None = None) -> Job:
+                     owner: str | None = None, runner: str = "auto") -> Job:
         """Validate everything (recipe, target, image, input, resume), record the job, then
         start it on the target. Bad input fails before anything is recorded or started."""
         spec = self.sessions.resolve(recipe, backend, dict(overrides or {}))
         tgt = self.sessions.target(target)
         if not tgt.runs_jobs:
             raise BadInput(f"target {target!r} ({tgt.kind}) does not run one-off jobs",
-                           hint="submit the job to a target that does (local, slurm)")
+                           hint="submit it to a target of a kind that does (local, slurm, "
+                           "tapis-pods)")
         if spec.category not in (*BATCH_CATEGORIES, "task"):
             raise BadInput(f"recipe {spec.recipe!r} is a {spec.category} recipe; jobs need an "
                            "inference or embedding recipe (batch) or a task recipe")
@@ -129,6 +131,8 @@ class JobManager:
             raise BadInput(f"a job runs on one node, once; {spec.recipe!r} asks for "
                            f"{spec.replicas} replicas on {spec.nodes} nodes",
                            hint="submit with replicas=1 nodes=1")
+        if runner not in RUNNERS:
+            raise BadInput(f"runner must be one of {', '.join(RUNNERS)}, not {runner!r}")
         if not 1 <= concurrency <= self.limits.max_concurrency:
             raise BadInput(f"concurrency must be 1 to {self.limits.max_concurrency}, "
                            f"not {concurrency}")
@@ -147,7 +151,7 @@ class JobManager:
                     raise BadInput("task jobs cannot be resumed", hint="submit it again")
                 plan = await self._task_plan(spec, input_path, job_id)
             else:
-                plan = await self._batch_plan(spec, input_path, output, resume, concurrency)
+                plan = await self._batch_plan(spec, input_path, output, resume, runner)
         except BaseException:  # nothing of a refused job stays behind
             shutil.rmtree(self.sessions.home / "jobs" / job_id, ignore_errors=True)
             raise
@@ -162,7 +166,7 @@ class JobManager:
                   total=plan.total, done=plan.resumed, resumed=plan.resumed, resume_of=resume,
                   owner=owner or self.sessions.owner)
         files = {DRIVER: Path(jobrun.__file__), "job.json": jobdir / "job.json", **plan.files}
-        job_spec = job_driver_spec(spec)
+        job_spec = job_driver_spec(spec, engine_batch=plan.settings.get("runner") == "engine")
         job.spec = job_spec.to_dict()
         _write_private(jobdir / "job.json", json.dumps({
             **plan.settings, "kind": plan.kind, "total": plan.total,
@@ -186,11 +190,12 @@ class JobManager:
         return job
 
     async def _batch_plan(self, spec: ServeSpec, input_path: Path, output: str | Path | None,
-                          resume: str | None, concurrency: int) -> JobPlan:
+                          resume: str | None, runner: str) -> JobPlan:
         summary = await asyncio.to_thread(
             batchfile.validate_input, input_path, one_model=True,
             max_bytes=self.limits.max_input_bytes, max_lines=self.limits.max_input_lines)
         _check_model(summary.models, spec)
+        runner = choose_runner(spec, set(summary.urls), runner)
         earlier = self._earlier_output(resume, output)
         files = {INPUT: input_path}
         resumed = 0
@@ -202,7 +207,7 @@ class JobManager:
             summary=f"batch of {summary.total} requests"
             + (f" ({resumed} answered earlier are skipped)" if resumed else ""),
             settings={"input": INPUT, "output": OUTPUT, "health_path": spec.health_path,
-                      "model": spec.served_model_name})
+                      "model": spec.served_model_name, "runner": runner})
 
     async def _task_plan(self, spec: ServeSpec, input_path: Path, job_id: str) -> JobPlan:
         """A task's input: a directory is zipped here, a zip is checked member by member
@@ -274,7 +279,11 @@ class JobManager:
                 with contextlib.suppress(StaleSession):
                     await self._apply(current, status)
         job = self.store.get(job.id) or job
-        if job.state.live:
+        if job.state.live:  # the target could not say it ended: keep what can be fetched
+            with contextlib.suppress(HpcserveError):
+                await self._fetch(job)
+            with contextlib.suppress(HpcserveError):
+                await self.sessions.target(job.target).release(job.handle or {})
             with contextlib.suppress(StaleSession):
                 self._set(job, JobState.CANCELLED, "cancelled by user", event="cancelled")
         return self.store.get(job.id) or job
@@ -472,12 +481,29 @@ class JobManager:
             self._publish(job, str(event["kind"]))
 
 
-def job_driver_spec(spec: ServeSpec) -> ServeSpec:
+def choose_runner(spec: ServeSpec, urls: set[str], asked: str) -> str:
+    """`engine` (the engine's own batch runner) or `generic` (the driver feeds the serving
+    engine). `auto` takes the engine's runner only where it is measured faster and answers
+    every url of the file; otherwise the generic runner serves the whole file."""
+    serves = bool(spec.batch_argv) and urls <= set(spec.batch_urls)
+    if asked == "engine" and not serves:
+        missing = sorted(urls - set(spec.batch_urls))
+        raise BadInput(f"backend {spec.backend!r} has no batch runner of its own" if not
+                       spec.batch_argv else f"{spec.backend}'s batch runner does not answer "
+                       f"{', '.join(missing)}", hint="use --runner generic (or auto)")
+    if asked == "engine" or (asked == "auto" and serves and spec.batch_preferred):
+        return "engine"
+    return "generic"
+
+
+def job_driver_spec(spec: ServeSpec, *, engine_batch: bool = False) -> ServeSpec:
     """The engine's spec with the job driver around it: the target runs the driver (staged in
-    the job's directory), which starts the engine, feeds it and stops it. The engine's key
-    reaches the driver as a secret environment variable, never on a command line."""
+    the job's directory), which starts the engine, feeds it and stops it (or runs the engine's
+    own batch runner). The engine's key reaches the driver as a secret environment variable,
+    never on a command line."""
+    engine = spec.batch_argv if engine_batch else spec.argv
     argv = (PYTHON, f"{JOBDIR}/{DRIVER}", "--job", f"{JOBDIR}/job.json", "--host", HOST,
-            "--port", PORT, "--", *spec.argv)
+            "--port", PORT, "--", *engine)
     secret_env = (*spec.secret_env, ("HPCSERVE_JOB_KEY", "api_key"))
     return replace(spec, argv=argv, secret_env=secret_env, idle_timeout_s=None,
                    max_lifetime_s=None)

@@ -358,6 +358,56 @@ def check_engine(child: subprocess.Popen[bytes], clock: Clock) -> None:
                    "the answers so far are kept (resume to finish)", EXIT_FAILED)
 
 
+def run_engine_batch(job: dict[str, Any], jobdir: Path, argv: list[str], clock: Clock,
+                     progress: Progress) -> None:
+    """The engine's own batch runner (`vllm run-batch`) over the lines not answered yet; its
+    answers are appended to the output when it ends (it writes them all at the end, so
+    progress jumps there, and a cancel keeps only what earlier runs answered)."""
+    output = jobdir / job.get("output", "output.jsonl")
+    skip = answered(output)
+    pending, part = jobdir / "pending.jsonl", jobdir / "engine-output.jsonl"
+    left = 0
+    fd = os.open(str(pending), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out, open(jobdir / job.get("input", "input.jsonl"), "rb") as src:
+        for raw in src:
+            if raw.strip() and str(json.loads(raw)["custom_id"]) not in skip:
+                out.write(raw if raw.endswith(b"\n") else raw + b"\n")
+                left += 1
+    progress.update(force=True, done=len(skip), resumed=len(skip))
+    if not left:
+        return
+    command = [a.replace("{HPCSERVE_BATCH_INPUT}", str(pending))
+               .replace("{HPCSERVE_BATCH_OUTPUT}", str(part)) for a in argv]
+    say(f"running the engine's batch runner over {left} requests: {command[0]}")
+    child = start(command)
+    progress.update(force=True, phase="running", running_at=time.time())
+    try:
+        while child.poll() is None:
+            try:
+                clock.sleep(0.5)
+            except Stop:
+                end(child)
+                raise
+    finally:
+        end(child)
+    if child.returncode != 0:
+        raise Stop("failed", f"the engine's batch runner exited with code {child.returncode}",
+                   EXIT_FAILED)
+    done, failed = len(skip), 0
+    fd = os.open(str(output), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as out, open(part, encoding="utf-8") as src:
+        for line in src:
+            if not line.strip():
+                continue
+            result = json.loads(line)
+            response = result.get("response") or {}
+            failed += bool(result.get("error")) or not 200 <= int(
+                response.get("status_code") or 0) < 300
+            done += 1
+            out.write(json.dumps(result, ensure_ascii=False) + "\n")
+    progress.update(force=True, done=done, failed=failed)
+
+
 # ---------------------------------------------------------------------------- task jobs
 
 def run_task(job: dict[str, Any], jobdir: Path, argv: list[str], clock: Clock,
@@ -508,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
             raise Stop("failed", "no command to run", EXIT_FAILED)
         if job.get("kind") == "task":
             run_task(job, jobdir, command, clock, progress)
+        elif job.get("runner") == "engine":
+            run_engine_batch(job, jobdir, command, clock, progress)
         else:
             run_batch(job, jobdir, command, args, clock, progress)
         clock.check()

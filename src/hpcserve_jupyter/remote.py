@@ -249,13 +249,15 @@ class RemoteHpcserve(Prompting):
     def submit_job(self, recipe: str, input: str | Path, *, on: str = "local",
                    backend: str | None = None, name: str | None = None,
                    output: str | Path | None = None, concurrency: int = 8,
-                   resume: str | None = None, **overrides: Any) -> JobHandle:
+                   resume: str | None = None, runner: str = "auto",
+                   **overrides: Any) -> JobHandle:
         """Submit a batch job over an OpenAI Batch file; returns at once (job.wait() waits).
         The server reads `input` (and writes `output`) itself: paths on the machine it shares
         with this kernel, made absolute here, where a relative path means this directory."""
         body = {"recipe": recipe, "input": _absolute(input), "target": on, "backend": backend,
                 "name": name, "output": _absolute(output) if output else None,
-                "concurrency": concurrency, "resume": resume, "overrides": overrides}
+                "concurrency": concurrency, "resume": resume, "overrides": overrides,
+                "runner": runner}
         return JobHandle(self, Job.from_dict(self._call("POST", "jobs", json=body)))
 
     def batch_job(self, recipe: str, prompts: Any, *, url: str = "/v1/chat/completions",

@@ -88,6 +88,9 @@ def resolve(recipe_name: str, backend: str | None = None,
         max_lifetime_s=seconds(first_set(recipe.max_lifetime, defaults.max_lifetime),
                                recipe.resources.time_s),
         uses_api_key=engine.supports_api_key, multinode=engine.multinode_launch(ctx),
+        batch_argv=tuple(engine.batch_argv(ctx) or ()),
+        batch_urls=tuple(sorted(engine.batch_urls)),
+        batch_preferred=engine.batch_runner_default,
     )
 
 

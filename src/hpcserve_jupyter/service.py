@@ -153,10 +153,11 @@ class SessionService:
                          backend: str | None = None, name: str | None = None,
                          output: str | Path | None = None, concurrency: int = 8,
                          resume: str | None = None, overrides: Mapping[str, Any] | None = None,
-                         owner: str | None = None) -> Job:
+                         owner: str | None = None, runner: str = "auto") -> Job:
         return await self.job_manager.submit(
             recipe, input, target=target, backend=backend, name=name, output=output,
-            concurrency=concurrency, resume=resume, overrides=overrides, owner=owner)
+            concurrency=concurrency, resume=resume, overrides=overrides, owner=owner,
+            runner=runner)
 
     def jobs(self, *, live_only: bool = False) -> list[Job]:
         return self.job_manager.jobs(live_only=live_only)

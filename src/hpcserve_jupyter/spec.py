@@ -23,6 +23,10 @@ PYTHON = "{HPCSERVE_PYTHON}"
 API_KEY = "{HPCSERVE_API_KEY}"
 JOBDIR = "{HPCSERVE_JOBDIR}"  # a one-off job's directory on the target (its staged files)
 PLACEHOLDERS = (PORT, HOST, PYTHON, API_KEY, JOBDIR)
+# Filled in by the job driver itself, not by targets: the files an engine's own batch runner
+# reads and writes (ServeSpec.batch_argv).
+BATCH_INPUT = "{HPCSERVE_BATCH_INPUT}"
+BATCH_OUTPUT = "{HPCSERVE_BATCH_OUTPUT}"
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,11 @@ class ServeSpec:
     extra: tuple[tuple[str, str], ...] = field(default=())
     # How a replica spanning nodes is started (the backend's declaration); None: it spans none.
     multinode: MultiNode | None = None
+    # The engine's own batch runner (`vllm run-batch`), when it has one: argv reading
+    # BATCH_INPUT and writing BATCH_OUTPUT in the OpenAI Batch format, for these urls only.
+    batch_argv: tuple[str, ...] = ()
+    batch_urls: tuple[str, ...] = ()
+    batch_preferred: bool = False  # faster than the generic runner (measured): the default
 
     def env_dict(self) -> dict[str, str]:
         return dict(self.env)
@@ -64,7 +73,7 @@ class ServeSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ServeSpec:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        for key in ("argv",):
+        for key in ("argv", "batch_argv", "batch_urls"):
             known[key] = tuple(known.get(key, ()))
         for key in ("env", "secret_env", "extra"):
             known[key] = tuple(tuple(p) for p in known.get(key, ()))

@@ -22,20 +22,10 @@ from tornado.httpclient import HTTPClientError
 from hpcserve_jupyter.errors import NotFound, NotReady
 from hpcserve_jupyter.jobs import JobState
 from hpcserve_jupyter.remote import RemoteHpcserve
+from job_inputs import chat_lines, write
 
 pytestmark = pytest.mark.timeout(60)
 API = ("hpcserve", "api")
-
-
-def chat_lines(n: int, max_tokens: int = 6, prefix: str = "q") -> list[dict]:
-    return [{"custom_id": f"{prefix}{i}", "method": "POST", "url": "/v1/chat/completions",
-             "body": {"messages": [{"role": "user", "content": f"Count to {i % 5 + 2}."}],
-                      "max_tokens": max_tokens, "temperature": 0}} for i in range(n)]
-
-
-def write(path: Path, lines: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return path
 
 
 async def call(jp_fetch, *parts, **kwargs):
@@ -203,6 +193,7 @@ MALFORMED = "\n".join([
     ({"input": "IN"}, 400, "missing field 'recipe'"),
     ({"recipe": "smollm2-135m"}, 400, "missing field 'input'"),
     ({"recipe": "smollm2-135m", "input": "IN", "concurrency": 0}, 400, "field 'concurrency'"),
+    ({"recipe": "smollm2-135m", "input": "IN", "runner": "fast"}, 400, "field 'runner'"),
     ({"recipe": "smollm2-135m", "input": "IN", "concurrency": "4"}, 400, "field 'concurrency'"),
     ({"recipe": "smollm2-135m", "input": "IN", "concurrency": True}, 400, "field 'concurrency'"),
     ({"recipe": "smollm2-135m", "input": "IN", "concurrency": 100000}, 400,
@@ -233,7 +224,7 @@ async def test_submit_refuses_bad_input_and_records_nothing(jp_fetch, ext, tmp_p
     assert set(err) >= {"error", "detail"}
     if "unknown field" in words:
         assert err["detail"] == ("allowed fields: recipe, input, output, target, backend, name, "
-                                 "concurrency, resume, overrides")
+                                 "concurrency, resume, overrides, runner")
     if body.get("input") == paths["BAD"]:  # every bad line named, the good ones not
         assert "line 2: not valid JSON" in err["error"] and "line 3: " in err["error"]
         assert "line 4: " in err["error"] and "line 1:" not in err["error"]

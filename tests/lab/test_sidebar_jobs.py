@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from job_inputs import chat_lines, write
+
 from .conftest import LabServer, require_labextension
 
 pytestmark = [pytest.mark.lab, pytest.mark.model, pytest.mark.timeout(600)]
@@ -50,17 +52,6 @@ WATCH_JOBS = """
   record();
 }
 """
-
-
-def chat_lines(n: int, max_tokens: int, prefix: str) -> list[dict]:
-    return [{"custom_id": f"{prefix}{i}", "method": "POST", "url": "/v1/chat/completions",
-             "body": {"messages": [{"role": "user", "content": f"Count to {i % 5 + 2}."}],
-                      "max_tokens": max_tokens, "temperature": 0}} for i in range(n)]
-
-
-def write(path: Path, lines: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return path
 
 
 def submit(lab: LabServer, body: dict) -> dict:

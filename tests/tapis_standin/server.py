@@ -30,6 +30,11 @@ Facts it follows (checked against tapipy 25.4.0 and the pods_service sources):
 * Validation errors answer 400 with ``message`` as a LIST of ``"<loc>: <msg>"`` strings (the
   live service's error handler does that for pydantic errors).
 * ``delete_pod`` / ``delete_volume`` return ``result: ""``.
+* Volume files: ``upload_to_volume`` takes a multipart body with one ``file`` part and
+  ``get_volume_contents`` answers the raw bytes (``application/octet-stream``, or
+  ``application/zip`` for a directory with ``zip=true``), streamed from disk.  Their ``{path}``
+  is FastAPI's ``{path:path}`` live (slashes allowed, e.g. ``job/input.jsonl``), and tapipy puts
+  the value into the URL as it is.  A missing file answers 404 (a choice of the stand-in).
 * ``start_pod`` on a pod that is not STOPPED raises ``RuntimeError`` in the live service, whose
   error handler turns it into HTTP 500 "Unexpected. RuntimeError(...)"; the stand-in does too.
 """
@@ -41,6 +46,8 @@ import atexit
 import base64
 import contextlib
 import datetime as dt
+import email.parser
+import email.policy
 import hashlib
 import hmac
 import json
@@ -57,6 +64,7 @@ import tempfile
 import threading
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -172,7 +180,9 @@ class Route:
 
     @property
     def regex(self) -> re.Pattern[str]:
-        pattern = re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(self.template))
+        # `{path}` is a FastAPI `{path:path}` in the live service: it may hold slashes
+        pattern = re.sub(r"\\{(\w+)\\}", lambda m: f"(?P<{m[1]}>" + (
+            ".+)" if m[1] == "path" else "[^/]+)"), re.escape(self.template))
         return re.compile(f"^{pattern}$")
 
     @property
@@ -199,6 +209,8 @@ ROUTES: tuple[Route, ...] = (
     Route("PUT", "/v3/pods/volumes/{volume_id}", "pods", "update_volume"),
     Route("DELETE", "/v3/pods/volumes/{volume_id}", "pods", "delete_volume"),
     Route("GET", "/v3/pods/volumes/{volume_id}/list", "pods", "list_volume_files"),
+    Route("GET", "/v3/pods/volumes/{volume_id}/contents/{path}", "pods", "get_volume_contents"),
+    Route("POST", "/v3/pods/volumes/{volume_id}/upload/{path}", "pods", "upload_to_volume"),
     Route("GET", "/v3/pods/{pod_id}", "pods", "get_pod"),
     Route("PUT", "/v3/pods/{pod_id}", "pods", "update_pod"),
     Route("DELETE", "/v3/pods/{pod_id}", "pods", "delete_pod"),
@@ -250,6 +262,16 @@ def _dir_size_mb(path: Path) -> int:
             if p.is_file():
                 total += p.stat().st_size
     return total // (1024 * 1024)
+
+
+@dataclass
+class FileReply:
+    """A non-JSON success answer: a file's bytes, sent from disk in chunks."""
+
+    path: Path
+    content_type: str
+    filename: str
+    remove_after: bool = False  # a temporary file (a directory's zip)
 
 
 class ApiError(Exception):
@@ -780,9 +802,11 @@ class StandIn:
             status = 500
             payload = self._envelope(None, f"Unexpected. {e!r} debug: no errors() method",
                                      status="error", version=self._version_for(route))
+        recorded = (f"<multipart body, {len(raw)} bytes>" if "multipart/form-data" in
+                    h.headers.get("Content-Type", "") else self._safe_json(raw))
         with self._lock:
             self.calls.append(CallRecord(method, path, route.operation_id if route else None,
-                                         status, self._safe_json(raw), headers, time.time()))
+                                         status, recorded, headers, time.time()))
         self._send(h, status, payload)
 
     @staticmethod
@@ -801,6 +825,9 @@ class StandIn:
         return PODS_VERSION
 
     def _send(self, h: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
+        if isinstance(payload, FileReply):
+            self._send_file(h, status, payload)
+            return
         data = json.dumps(payload).encode()
         try:
             h.send_response(status)
@@ -810,6 +837,28 @@ class StandIn:
             h.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (e.g. its read timeout fired)
+
+    def _send_file(self, h: BaseHTTPRequestHandler, status: int, reply: FileReply) -> None:
+        """The file in 64 KiB chunks (a StreamingResponse live; Content-Length here)."""
+        try:
+            fh = open(reply.path, "rb")  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError:  # deleted (with its volume) since the request was checked
+            self._send(h, 404, self._envelope(None, "File not found", status="error"))
+            return
+        try:
+            with fh:
+                h.send_response(status)
+                h.send_header("Content-Type", reply.content_type)
+                h.send_header("Content-Disposition", f"attachment; filename={reply.filename}")
+                h.send_header("Content-Length", str(os.fstat(fh.fileno()).st_size))
+                h.end_headers()
+                while chunk := fh.read(1 << 16):
+                    h.wfile.write(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            if reply.remove_after:
+                reply.path.unlink(missing_ok=True)
 
     @staticmethod
     def _envelope(result: Any, message: Any, *, status: str = "success",
@@ -851,6 +900,8 @@ class StandIn:
     def _parse_body(route: Route, content_type: str, raw: bytes) -> Any:
         if not raw:
             return None
+        if content_type.startswith("multipart/form-data"):
+            return _parse_multipart(content_type, raw)
         if content_type.startswith("application/x-www-form-urlencoded"):
             return {k: v[-1] for k, v in parse_qs(raw.decode()).items()}
         try:
@@ -1475,6 +1526,60 @@ class StandIn:
             })
         return self._ok(files, "Volume files listed successfully.")
 
+    def _volume_path(self, vol: VolumeRecord, path: str) -> Path:
+        """A path inside a volume; the live service refuses empty and `/` (a whole volume)."""
+        rel = path.strip("/")
+        parts = rel.split("/")
+        if not rel:
+            raise ApiError(400, "Requesting no path or / path is not allowed. Please download "
+                                "individual directories, files or objects.")
+        if ".." in parts or "\0" in rel:
+            raise _validation_error(f"path: Value error, '{path}' may not contain '..'")
+        return vol.path.joinpath(*[p for p in parts if p not in ("", ".")])
+
+    def _op_upload_to_volume(self, req: _Request):
+        with self._lock:
+            vol = self._get_volume(req.params["volume_id"])
+        target = self._volume_path(vol, req.params["path"])
+        parts = req.body if isinstance(req.body, dict) else {}
+        if "file" not in parts:
+            raise _validation_error("body, file: Field required")
+        _, data = parts["file"]
+        if target.is_dir():
+            raise _validation_error(f"path: '{req.params['path']}' is a directory")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.upload")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+        with self._lock:
+            vol.update_ts = _now_iso()
+        rel = target.relative_to(vol.path).as_posix()
+        return self._ok(f"{len(data)} bytes written to {rel}", "Volume file upload successful.")
+
+    def _op_get_volume_contents(self, req: _Request):
+        with self._lock:
+            vol = self._get_volume(req.params["volume_id"])
+        source = self._volume_path(vol, req.params["path"])
+        want_zip = (req.query.get("zip") or ["false"])[-1].lower() in ("true", "1")
+        if not source.exists():
+            raise ApiError(404, f"File or directory '{req.params['path']}' not found in volume "
+                                f"'{vol.volume_id}'")
+        if source.is_dir():
+            if not want_zip:
+                raise ApiError(400, f"'{req.params['path']}' is a directory: request it with "
+                                    "zip=true")
+            assert self.workdir is not None
+            fd, tmp = tempfile.mkstemp(suffix=".zip", dir=self.workdir)
+            with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w") as zf:
+                for p in sorted(source.rglob("*")):
+                    if p.is_file():
+                        zf.write(p, p.relative_to(source).as_posix())
+            return 200, FileReply(Path(tmp), "application/zip", f"{source.name}.zip",
+                                  remove_after=True)
+        return 200, FileReply(source, "application/octet-stream", source.name)
+
     # ---------------------------------------------------------------- state machine
 
     def _set_status(self, pod: PodRecord, status: str) -> None:
@@ -1655,6 +1760,21 @@ class StandIn:
         for pod in pods:
             with contextlib.suppress(Exception):
                 self._terminate(pod, wait=True)
+
+
+def _parse_multipart(content_type: str, raw: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """A multipart/form-data body -> {field name: (file name, bytes)}."""
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
+    if not msg.is_multipart():
+        raise _validation_error("body: There was an error parsing the body")
+    parts: dict[str, tuple[str | None, bytes]] = {}
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            payload = part.get_payload(decode=True)
+            parts[name] = (part.get_filename(), payload if isinstance(payload, bytes) else b"")
+    return parts
 
 
 # --------------------------------------------------------------------------------------------

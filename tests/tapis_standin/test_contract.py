@@ -5,13 +5,18 @@
   URL + method the real tapipy ``Operation`` builds (tapipy works from pickled copies of the
   specs in ``tapipy/specs``, so both are checked);
 * success responses validate against the response schema of the operation in the spec;
-* the field tables the stand-in hard-codes equal the spec's schemas.
+* the field tables the stand-in hard-codes equal the spec's schemas;
+* the volume file routes take the parameters and bodies the spec declares (a multipart
+  ``file`` part, ``{path}`` with slashes, ``zip`` in the query) and answer raw bytes with a
+  content type the spec lists.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import sys
+import zipfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -109,7 +114,8 @@ def test_required_operations_are_served():
     required = {("authenticator", "create_token")} | {("pods", op) for op in (
         "create_pod", "list_pods", "get_pod", "update_pod", "delete_pod", "start_pod",
         "stop_pod", "restart_pod", "get_pod_logs", "get_pod_credentials", "create_volume",
-        "list_volumes", "get_volume", "delete_volume", "healthcheck")}
+        "list_volumes", "get_volume", "delete_volume", "healthcheck", "upload_to_volume",
+        "get_volume_contents", "list_volume_files")}
     assert required <= served, required - served
 
 
@@ -187,6 +193,27 @@ def response_schema(route: Route, status: int) -> dict[str, Any]:
     return deref(content["schema"], spec)
 
 
+def spec_operation(route: Route) -> dict[str, Any]:
+    return load_spec(route.spec)["paths"][route.spec_path][route.method.lower()]
+
+
+def check_stream(operation_id: str, debug, content_type: str) -> bytes:
+    """A success answer that is raw bytes: the status and a content type the spec lists."""
+    route = find_route("pods", operation_id)
+    resp = debug.response
+    assert resp.status_code == route.success_status
+    assert resp.headers["Content-Type"] == content_type
+    assert content_type in spec_operation(route)["responses"][str(resp.status_code)]["content"]
+    return resp.content
+
+
+class Answer:
+    """What check_response reads from tapipy's Debug object, for a plain requests answer."""
+
+    def __init__(self, response: requests.Response) -> None:
+        self.response = response
+
+
 def find_route(spec: str, operation_id: str) -> Route:
     return next(r for r in ROUTES if r.spec == spec and r.operation_id == operation_id)
 
@@ -231,6 +258,25 @@ def test_responses_validate_against_spec_schemas(standin: StandIn, tapis: Tapis)
     call("pods", "update_volume", volume_id="contractvol", description="changed")
     (Path(standin.volumes["contractvol"].path) / "f.txt").write_text("x")
     call("pods", "list_volume_files", volume_id="contractvol")
+    # upload_to_volume answers a str result, which tapipy returns as it is (no debug tuple):
+    # the same multipart request is checked on the wire
+    written = tapis.pods.upload_to_volume(volume_id="contractvol", path="job/in.txt",
+                                          file=("in.txt", io.BytesIO(b"hello\n")))
+    assert isinstance(written, str) and "job/in.txt" in written
+    resp = requests.post(f"{standin.base_url}/v3/pods/volumes/contractvol/upload/job/b.txt",
+                         files={"file": ("b.txt", b"abc")}, timeout=10,
+                         headers={"X-Tapis-Token": tapis.get_access_jwt()})
+    check_response("pods", "upload_to_volume", Answer(resp))
+    exercised.add(("pods", "upload_to_volume"))
+    data, debug = tapis.pods.get_volume_contents(_tapis_debug=True, volume_id="contractvol",
+                                                 path="job/in.txt")
+    assert data == b"hello\n"
+    assert check_stream("get_volume_contents", debug, "application/octet-stream") == data
+    packed, debug = tapis.pods.get_volume_contents(_tapis_debug=True, volume_id="contractvol",
+                                                   path="job", zip=True)
+    check_stream("get_volume_contents", debug, "application/zip")
+    assert sorted(zipfile.ZipFile(io.BytesIO(packed)).namelist()) == ["b.txt", "in.txt"]
+    exercised.add(("pods", "get_volume_contents"))
     # bundled-spec volume_mounts shape; status OFF so nothing runs yet
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
     call("pods", "create_pod", pod_id="contractpod", image="img", command=sleeper,
@@ -267,6 +313,46 @@ def test_live_shape_volume_mounts_are_outside_the_bundled_schema(standin: StandI
         jsonschema.Draft4Validator(response_schema(find_route("pods", "create_pod"), 200)
                                    ).validate(drop_none(body))
     assert "volume_mounts" in list(err.value.absolute_path)
+
+
+def test_volume_file_routes_take_what_the_spec_declares():
+    spec = load_spec("pods")
+    for op_id, query in (("upload_to_volume", set()), ("get_volume_contents", {"zip"})):
+        op = spec_operation(find_route("pods", op_id))
+        params = op["parameters"]
+        assert {p["name"] for p in params if p["in"] == "path"} == {"volume_id", "path"}
+        assert {p["name"] for p in params if p["in"] == "query"} == query
+    body = spec_operation(find_route("pods", "upload_to_volume"))["requestBody"]
+    schema_ = deref(body["content"]["multipart/form-data"]["schema"], spec)
+    assert schema_["required"] == ["file"] and schema_["properties"]["file"]["format"] == "binary"
+
+
+def test_volume_files_through_tapipy(standin: StandIn, tapis: Tapis):
+    """Binary bytes go up as tapipy's multipart body and come back unchanged, under a path
+    with slashes; a missing file, an empty path and `..` are refused."""
+    tapis.pods.create_volume(volume_id="filesvol")
+    blob = bytes(range(256)) * 512 + b"\r\n--boundary-like\r\n"
+    tapis.pods.upload_to_volume(volume_id="filesvol", path="a/b/c.bin",
+                                file=("c.bin", io.BytesIO(blob)))
+    upload = standin.calls_to("upload_to_volume")[-1]
+    assert upload.status == 200 and upload.path == "/v3/pods/volumes/filesvol/upload/a/b/c.bin"
+    assert upload.headers["Content-Type"].startswith("multipart/form-data; boundary=")
+    assert (standin.volumes["filesvol"].path / "a" / "b" / "c.bin").read_bytes() == blob
+    assert tapis.pods.get_volume_contents(volume_id="filesvol", path="a/b/c.bin") == blob
+    listed = tapis.pods.list_volume_files(volume_id="filesvol")
+    assert [(f.name, f.type) for f in listed] == [("a", "dir")]
+    token = {"X-Tapis-Token": tapis.get_access_jwt()}
+    base = f"{standin.base_url}/v3/pods/volumes/filesvol"
+    for path, status in (("a/none.txt", 404), ("a", 400), ("a/%2E%2E/%2E%2E/x", 400)):
+        resp = requests.get(f"{base}/contents/{path}", headers=token, timeout=10)
+        assert resp.status_code == status, path
+        assert resp.json()["status"] == "error"
+    resp = requests.post(f"{base}/upload/x.txt", files={"other": ("x", b"x")}, headers=token,
+                         timeout=10)
+    assert resp.status_code == 400 and "file" in " ".join(resp.json()["message"])
+    resp = requests.get(f"{standin.base_url}/v3/pods/volumes/novol/contents/x", headers=token,
+                        timeout=10)
+    assert resp.status_code == 404
 
 
 def test_error_envelopes(standin: StandIn, tapis: Tapis):

@@ -50,8 +50,18 @@ class Backend:
     # How one replica spans nodes (spec.MultiNode): the target starts it so, knowing no engine.
     multinode: ClassVar[MultiNode] = MultiNode("none")
 
+    # An engine's own batch runner: the urls it answers, and whether one-off batch jobs use it
+    # by default (measured against the generic runner: benchmarks/p_jobs_vllm.py).
+    batch_urls: ClassVar[frozenset[str]] = frozenset()
+    batch_runner_default: ClassVar[bool] = False
+
     def argv(self, ctx: Context) -> list[str]:
         raise NotImplementedError
+
+    def batch_argv(self, ctx: Context) -> list[str] | None:
+        """The engine's own batch runner over spec.BATCH_INPUT into spec.BATCH_OUTPUT (the
+        OpenAI Batch format both ways), or None when it has none."""
+        return None
 
     def env(self, ctx: Context) -> dict[str, str]:
         return {}

@@ -3,7 +3,7 @@ described by the OpenAPI document (both import them from here)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
@@ -72,6 +72,10 @@ class JobBody(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict,
                                       description="per-job changes, as `--set KEY=VALUE`: "
                                       "gpus, time, env.NAME, engine_args.FLAG...")
+    runner: Literal["auto", "generic", "engine"] = Field(
+        "auto", description="who sends the requests: the generic runner, the engine's own "
+        "batch runner (vllm run-batch), or auto (the engine's where it is faster and answers "
+        "every line)")
 
     @field_validator("input", "output")
     @classmethod

@@ -43,6 +43,7 @@ class JobsHandler(HpcserveHandler):
             backend=body.backend, name=body.name,
             output=self._server_path(body.output, "output") if body.output else None,
             concurrency=body.concurrency, resume=body.resume, overrides=body.overrides,
+            runner=body.runner,
             owner=self.owner() or None)
         self.activity()
         self.set_header("Location", url_path_join(self.base_url, "hpcserve/api/jobs", job.id))

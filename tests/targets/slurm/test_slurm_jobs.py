@@ -18,19 +18,15 @@ import pytest
 from hpcserve_jupyter.api import Hpcserve
 from hpcserve_jupyter.errors import HpcserveError
 from hpcserve_jupyter.jobs import JobState
-
-pytestmark = [pytest.mark.slurm, pytest.mark.model, pytest.mark.timeout(600)]
+from job_inputs import chat_lines as _chat_lines
+from job_inputs import write
 
 
 def chat_lines(n: int, max_tokens: int) -> list[dict]:
-    return [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
-             "body": {"messages": [{"role": "user", "content": f"Count to {i % 5 + 2}."}],
-                      "max_tokens": max_tokens, "temperature": 0}} for i in range(n)]
+    return _chat_lines(n, max_tokens, prefix="c")
 
 
-def write(path: Path, lines: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return path
+pytestmark = [pytest.mark.slurm, pytest.mark.model, pytest.mark.timeout(600)]
 
 
 @pytest.fixture

@@ -5,12 +5,21 @@ one retry after fresh tokens; every other tapipy error becomes ours (`errors.map
 Results come back as plain dicts/lists (tapipy's `TapisResult` objects converted), and the
 tapipy 25.4.0 quirks are absorbed here: start/stop/restart are GET operations (tapipy knows),
 a falsy `result` (delete_pod / delete_volume answer `""`) comes back as the whole envelope.
+
+Volume files: `upload_to_volume` (tapipy sends the bytes as the multipart `file` part) and
+`get_volume_contents` (raw bytes) go through tapipy. `download` is the one exception: tapipy
+reads a whole answer into memory, so a job's output is fetched with a streamed GET of the same
+URL, on tapipy's own session and token, written to disk as it arrives.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .auth import TapisSession
 from .config import TapisPodsConfig
@@ -104,5 +113,85 @@ class PodsApi:
     def delete_volume(self, volume_id: str) -> None:
         self.call("delete_volume", f"delete volume {volume_id}", volume_id=volume_id)
 
+    def upload(self, volume_id: str, path: str, data: bytes) -> None:
+        """`data` as the file `path` of the volume (bytes: a retry after 401 sends them again)."""
+        self.call("upload_to_volume", f"upload {path} to volume {volume_id}",
+                  volume_id=volume_id, path=path,
+                  file=(path.rsplit("/", 1)[-1], data, "application/octet-stream"))
+
+    def volume_file(self, volume_id: str, path: str) -> bytes:
+        """The bytes of a (small) file in a volume; TapisNotFound when it does not exist."""
+        found = self.call("get_volume_contents", f"read {path} in volume {volume_id}",
+                          volume_id=volume_id, path=path)
+        if isinstance(found, str):
+            return found.encode()
+        return found if isinstance(found, bytes) else b""
+
+    def download(self, volume_id: str, path: str, dest: Path) -> bool:
+        """get_volume_contents streamed into `dest` (0600, written under a temporary name and
+        then renamed); False when the volume or the file does not exist."""
+        import requests
+        from tapipy import errors as te
+
+        what = f"fetch {path} from volume {volume_id}"
+        url = (f"{self.settings.base_url}/v3/pods/volumes/{quote(volume_id, safe='')}"
+               f"/contents/{quote(path)}")
+        for attempt in (1, 2):
+            client = self.session.client()
+            jwt = self.session.current_jwt()
+            try:
+                resp = client.requests_session.get(url, headers={"X-Tapis-Token": jwt or ""},
+                                                   stream=True, verify=client.verify)
+            except requests.RequestException as exc:
+                raise self._error(te.BaseTapyException(
+                    msg=f"Unable to make request to Tapis server. Exception: {exc}"),
+                    what, ()) from None
+            with resp:
+                if resp.status_code == 401 and attempt == 1:
+                    self.session.refresh(jwt)
+                    continue
+                if resp.status_code == 404:
+                    return False
+                if resp.status_code >= 300:
+                    raise self._error(_tapis_error(resp), what, ()) from None
+                try:
+                    _save(resp, dest)
+                except requests.RequestException as exc:
+                    raise self._error(te.BaseTapyException(
+                        msg=f"Unable to make request to Tapis server. Exception: {exc}"),
+                        what, ()) from None
+                return True
+        raise TapisAuthError("unreachable")  # pragma: no cover - the loop returns or raises
+
     def close(self) -> None:
         self.session.close()
+
+
+def _tapis_error(resp: Any) -> Exception:
+    """The tapipy exception tapipy itself raises for this HTTP status (errors.map_error
+    turns it into ours)."""
+    from tapipy import errors as te
+
+    try:
+        message = resp.json().get("message")
+    except ValueError:
+        message = resp.text[:1000]
+    kinds = {400: te.BadRequestError, 401: te.UnauthorizedError, 403: te.ForbiddenError,
+             404: te.NotFoundError, 503: te.ServiceUnavailableError}
+    kind = kinds.get(resp.status_code) or (te.InternalServerError if resp.status_code >= 500
+                                           else te.BaseTapyException)
+    return kind(msg=message, response=resp)
+
+
+def _save(resp: Any, dest: Path) -> None:
+    """Into a temporary file of its own (two fetches of one output may overlap), then renamed."""
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(name)  # mkstemp creates it 0600
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in resp.iter_content(1 << 20):
+                out.write(chunk)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -30,6 +30,10 @@ Volume: one per deployment (`<deployment>vol`, `volume_size_mb` MB) mounted at `
 * `spec`: keyed by volume name, `{VOL: {"type": "tapisvolume", "mount_path": "/app/models",
   "sub_path": ""}}` — the shape of tapipy 25.4.0's bundled openapi (models_pods__VolumeMount),
   for deployments that still run a service of that vintage.
+
+One-off jobs (the launch stages files): the job's files go to `job/` in the deployment's own
+volume, so {HPCSERVE_JOBDIR} is `<model_dir>/job`. With a shared `volume_id` (whose files are
+not the job's to delete), the job gets its own volume beside it, mounted at /hpcserve-job.
 """
 
 from __future__ import annotations
@@ -39,10 +43,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import BadInput
-from ...spec import API_KEY, HOST, PORT, PYTHON, ServeSpec, render
+from ...spec import API_KEY, HOST, JOBDIR, PORT, PYTHON, ServeSpec, render
 from ..base import LaunchRequest
 from .config import FLEXSERV_IMAGE, TapisPodsConfig
-from .ids import DeploymentIds, deployment_ids
+from .ids import VOLUME_SUFFIX, DeploymentIds, check_id, deployment_ids
 
 BIND_HOST = "0.0.0.0"
 API_KEY_VAR = "HPCSERVE_API_KEY"
@@ -50,6 +54,8 @@ API_KEY_REF = f"$({API_KEY_VAR})"
 MIN_TIME_TO_STOP = 300  # the service refuses less (except -1, unlimited)
 # FlexServ's defaults, used when the recipe gives no size (request = half the limit, as there).
 DEFAULT_CPU_LIMIT, DEFAULT_MEM_LIMIT = 2000, 8192
+JOB_SUBDIR = "job"  # a job's directory inside the volume that holds its files
+JOB_MOUNT = "/hpcserve-job"  # where a job's own volume is mounted beside a shared one
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,11 @@ class Plan:
     pod: dict[str, Any] = field(repr=False)
     secrets: tuple[str, ...] = field(repr=False, default=())
     url: str = ""  # the networking url the service will give the pod (no scheme)
+    # One-off jobs: the volume holding the job's files (under JOB_SUBDIR), the job's directory
+    # in the pod, and the body of that volume when it is not `volume` (a shared one is used).
+    job_volume: str = ""
+    job_dir: str = ""
+    job_volume_body: dict[str, Any] | None = None
 
 
 def model_dir_name(model: str | None) -> str | None:
@@ -77,8 +88,10 @@ def pod_url(pod_id: str, key: str, tenant_host: str) -> str:
     return f"{prefix}.pods.{tenant_host}"
 
 
-def command(spec: ServeSpec, s: TapisPodsConfig) -> list[str]:
+def command(spec: ServeSpec, s: TapisPodsConfig, job_dir: str = "") -> list[str]:
     values = {PORT: str(s.port), HOST: BIND_HOST, PYTHON: s.python, API_KEY: API_KEY_REF}
+    if job_dir:
+        values[JOBDIR] = job_dir
     return [render(arg.replace("$(", "$$("), values) for arg in spec.argv]
 
 
@@ -86,12 +99,15 @@ def uses_key_placeholder(spec: ServeSpec) -> bool:
     return any(API_KEY in arg for arg in spec.argv)
 
 
-def environment(req: LaunchRequest, s: TapisPodsConfig) -> tuple[dict[str, str], list[str]]:
+def environment(req: LaunchRequest, s: TapisPodsConfig,
+                job_dir: str = "") -> tuple[dict[str, str], list[str]]:
     """The pod's environment and the secret values in it."""
     spec = req.spec
     # Placeholders in values (an engine configured by `PORT_VAR={HPCSERVE_PORT}`) are filled
     # in as on the other targets; the API key only below, as a secret.
     fill = {PORT: str(s.port), HOST: BIND_HOST, PYTHON: s.python}
+    if job_dir:
+        fill[JOBDIR] = job_dir
     env: dict[str, str] = {k: render(str(v), fill) for k, v in {**s.env,
                                                                 **spec.env_dict()}.items()}
     key_in_env = sorted(k for k, v in env.items() if API_KEY in v)
@@ -165,10 +181,32 @@ def time_to_stop(spec: ServeSpec, s: TapisPodsConfig) -> int:
     return max(MIN_TIME_TO_STOP, int(seconds))
 
 
-def volume_mounts(s: TapisPodsConfig, volume_id: str) -> dict[str, Any]:
+def volume_mounts(s: TapisPodsConfig, volume_id: str,
+                  job_volume: str | None = None) -> dict[str, Any]:
+    """The model volume at `model_dir`, and a job's own volume at JOB_MOUNT when given."""
+    mounts = [(volume_id, s.model_dir)] + ([(job_volume, JOB_MOUNT)] if job_volume else [])
     if s.volume_mounts_shape == "spec":
-        return {volume_id: {"type": "tapisvolume", "mount_path": s.model_dir, "sub_path": ""}}
-    return {s.model_dir: {"type": "tapisvolume", "source_id": volume_id, "sub_path": ""}}
+        return {vol: {"type": "tapisvolume", "mount_path": path, "sub_path": ""}
+                for vol, path in mounts}
+    return {path: {"type": "tapisvolume", "source_id": vol, "sub_path": ""}
+            for vol, path in mounts}
+
+
+def job_layout(req: LaunchRequest, s: TapisPodsConfig,
+               ids: DeploymentIds) -> tuple[str, str, dict[str, Any] | None]:
+    """(volume of the job's files, the job's directory in the pod, the body of that volume if
+    it must be created beside a shared one); empty for sessions."""
+    if not req.files:
+        return "", "", None
+    if s.volume_id is None:
+        return ids.volume, f"{s.model_dir.rstrip('/')}/{JOB_SUBDIR}", None
+    own = check_id(ids.deployment + VOLUME_SUFFIX, "volume id")
+    if own == s.volume_id:
+        raise BadInput(f"the shared volume_id {own!r} is the name of this job's own volume",
+                       hint="name the shared volume differently in targets.yaml")
+    body = {"volume_id": own, "size_limit": s.volume_size_mb,
+            "description": _ascii(f"hpcserve job files of {ids.deployment}")}
+    return own, f"{JOB_MOUNT}/{JOB_SUBDIR}", body
 
 
 def _ascii(text: str, limit: int = 255) -> str:
@@ -180,20 +218,21 @@ def plan(req: LaunchRequest, s: TapisPodsConfig) -> Plan:
     spec = req.spec
     ids = deployment_ids(s.id_prefix, req.name, req.session_id, s.volume_id)
     res = resources(spec, s)
-    argv = command(spec, s)
+    job_volume, job_dir, job_volume_body = job_layout(req, s, ids)
+    argv = command(spec, s, job_dir)
     if not argv:
         raise BadInput(f"recipe {spec.recipe!r} gives no command to run")
-    env, secrets = environment(req, s)
+    env, secrets = environment(req, s, job_dir)
     stanza = {**s.networking, "protocol": "http", "port": s.port}
     pod: dict[str, Any] = {
         "pod_id": ids.pod,
         "image": s.image or spec.image or FLEXSERV_IMAGE,
-        "description": _ascii(f"hpcserve session {req.name} ({req.session_id}): "
-                              f"{spec.recipe} on {spec.backend}"),
+        "description": _ascii(f"hpcserve {'job' if job_dir else 'session'} {req.name} "
+                              f"({req.session_id}): {spec.recipe} on {spec.backend}"),
         "command": argv[:1],
         "arguments": argv[1:],
         "environment_variables": env,
-        "volume_mounts": volume_mounts(s, ids.volume),
+        "volume_mounts": volume_mounts(s, ids.volume, job_volume if job_volume_body else None),
         "networking": {s.networking_key: stanza},
         "resources": res,
         "time_to_stop_default": time_to_stop(spec, s),
@@ -205,4 +244,5 @@ def plan(req: LaunchRequest, s: TapisPodsConfig) -> Plan:
                                     if s.volume_id is None else "hpcserve shared model files")}
     assert s.tenant_host is not None
     return Plan(ids=ids, volume_owned=s.volume_id is None, volume=volume, pod=pod,
-                secrets=tuple(secrets), url=pod_url(ids.pod, s.networking_key, s.tenant_host))
+                secrets=tuple(secrets), url=pod_url(ids.pod, s.networking_key, s.tenant_host),
+                job_volume=job_volume, job_dir=job_dir, job_volume_body=job_volume_body)

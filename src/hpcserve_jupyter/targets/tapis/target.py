@@ -17,6 +17,14 @@ stop     stop_pod (the engine gets SIGTERM), wait up to `stop_timeout` for STOPP
          never deleted). A pod already gone is fine: stop is idempotent.
 logs     get_pod_logs (the whole text; offsets are cut locally). After stop deleted the pod,
          the logs read just before the delete are served from memory.
+jobs     A launch with files (a one-off job) uploads them with upload_to_volume into `job/` of
+         the pod's own volume (jobfiles.py; {HPCSERVE_JOBDIR} = <mount>/job) before creating
+         the pod, whose command is the job driver: the pod ends when the job does. A job's
+         volume outlives its pod: poll never deletes an ended job pod or its volume, and stop
+         (SIGTERM: the driver writes its cancelled progress and partial output) deletes the
+         pod only, so the manager can still read progress.json and fetch the output
+         (get_volume_contents, streamed to disk). `release` then deletes the pod and the
+         volume, unless `keep_volume` (setting, or the job's handle) keeps it.
 endpoint `endpoint_template` (default `https://{url}`, where url is the API's networking url,
          `<pod_id>.pods.<tenant host>` or `<pod_id>-<key>.pods...`); fields {url}, {pod_id},
          {key}, {tenant_host}. A site behind a gateway or a local tunnel/proxy sets e.g.
@@ -27,7 +35,8 @@ not failed) and LaunchError during a launch; 400 is BadInput with the service's 
 (after one token refresh) and 403 are TapisAuthError (a BadInput) with a hint; 404 on a pod is
 "the pod is gone".
 
-The handle holds ids only (deployment_id, pod_id, volume_id, volume_owned, url, port):
+The handle holds ids only (deployment_id, pod_id, volume_id, volume_owned, url, port; for a
+job also job_volume_id, job_dir, keep_volume):
 no token, password or key, so it can be stored and a restarted manager re-attaches by pod id.
 """
 
@@ -39,12 +48,13 @@ import logging
 import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ...errors import BadInput, HpcserveError, LaunchError, TargetUnreachable
 from ...secrets import redact
 from ..base import LaunchRequest, Phase, SecretSetting, Target, TargetStatus
-from . import deploy, states
+from . import deploy, jobfiles, states
 from .client import PodsApi
 from .config import TapisPodsConfig
 from .errors import TapisNotFound
@@ -64,6 +74,7 @@ class TapisPodsTarget(Target):
     kind = "tapis-pods"
     settings_model = TapisPodsConfig
     can_adopt = True
+    runs_jobs = True
     settings: TapisPodsConfig
 
     def __init__(self, name: str, config: Mapping[str, Any] | None = None) -> None:
@@ -84,22 +95,33 @@ class TapisPodsTarget(Target):
 
     def _launch(self, req: LaunchRequest, plan: deploy.Plan) -> dict[str, Any]:
         ids = plan.ids
-        step, volume_created = "volume", False
+        step, made = "volume", []  # the volumes this launch created
         try:
             if plan.volume_owned:
                 self.api.create_volume(plan.volume)
-                volume_created = True
+                made.append(ids.volume)
             else:
                 self._ensure_shared_volume(plan)
+            if plan.job_volume_body:  # a job beside a shared volume: its own for its files
+                step = "job volume"
+                self.api.create_volume(plan.job_volume_body)
+                made.append(plan.job_volume)
+            if req.files:
+                step = "files"
+                staged = jobfiles.stage(self.api, plan.job_volume, req.files)
+                log.info("staged %d job files into volume %s", staged, plan.job_volume)
             step = "pod"
             created = self.api.create_pod(plan.pod, plan.secrets)
         except HpcserveError as exc:
             # No answer or a 5xx: the service may have created the object anyway.
             maybe = isinstance(exc, TargetUnreachable)
             pod = ids.pod if step == "pod" and maybe else None
-            volume = ids.volume if plan.volume_owned and (
-                volume_created or (step == "volume" and maybe)) else None
-            leftovers = self._undo(pod, volume)
+            volumes = list(made)
+            if maybe and step == "volume" and plan.volume_owned:
+                volumes.append(ids.volume)
+            if maybe and step == "job volume":
+                volumes.append(plan.job_volume)
+            leftovers = self._undo(pod, volumes)
             msg = redact(exc.message, list(plan.secrets))
             if leftovers:
                 msg += f" (and could not delete {leftovers}: delete it in the Tapis UI or API)"
@@ -108,7 +130,7 @@ class TapisPodsTarget(Target):
                 HpcserveError.__init__(err, msg, hint=exc.hint)
                 raise err from None
             unsure = " and ".join(f"{kind} {name}" for kind, name in
-                                  (("pod", pod), ("volume", volume)) if name)
+                                  (("pod", pod), *(("volume", v) for v in volumes)) if name)
             raise LaunchError(msg, hint="the Pods API did not answer or failed; try again later. "
                               f"{unsure} was deleted again, but if the service creates it late, "
                               "delete it in the Tapis UI or API") from None
@@ -116,10 +138,14 @@ class TapisPodsTarget(Target):
         stanza = networking.get(self.settings.networking_key) or {}
         url = stanza.get("url") if isinstance(stanza, dict) else None
         log.info("launched pod %s (volume %s) on %s", ids.pod, ids.volume, self.name)
-        return {"deployment_id": ids.deployment, "pod_id": ids.pod, "volume_id": ids.volume,
-                "volume_owned": plan.volume_owned, "session_id": req.session_id,
-                "networking_key": self.settings.networking_key, "port": self.settings.port,
-                "url": url or plan.url}
+        handle = {"deployment_id": ids.deployment, "pod_id": ids.pod, "volume_id": ids.volume,
+                  "volume_owned": plan.volume_owned, "session_id": req.session_id,
+                  "networking_key": self.settings.networking_key, "port": self.settings.port,
+                  "url": url or plan.url}
+        if req.files:
+            handle.update(job_volume_id=plan.job_volume, job_dir=plan.job_dir,
+                          keep_volume=self.settings.keep_volume)
+        return handle
 
     def _ensure_shared_volume(self, plan: deploy.Plan) -> None:
         try:
@@ -127,7 +153,7 @@ class TapisPodsTarget(Target):
         except TapisNotFound:
             self.api.create_volume(plan.volume)
 
-    def _undo(self, pod_id: str | None, volume_id: str | None) -> str:
+    def _undo(self, pod_id: str | None, volume_ids: list[str]) -> str:
         """Delete what a failed launch created; returns what could not be deleted."""
         left = []
         if pod_id:
@@ -139,8 +165,9 @@ class TapisPodsTarget(Target):
                 log.warning("could not delete pod %s after a failed launch: %s", pod_id,
                             exc.message)
                 left.append(f"pod {pod_id}")
-        if volume_id and not self._delete_volume(volume_id, deadline=time.monotonic() + 10):
-            left.append(f"volume {volume_id}")
+        for volume_id in volume_ids:
+            if not self._delete_volume(volume_id, deadline=time.monotonic() + 10):
+                left.append(f"volume {volume_id}")
         return " and ".join(left)
 
     # ------------------------------------------------------------------ adopt
@@ -220,7 +247,8 @@ class TapisPodsTarget(Target):
             detail = states.container_detail(pod)
             if detail and detail not in st.log_tail:
                 st.log_tail = f"{st.log_tail}\n--- pod status ---\n{detail}".lstrip("\n")
-            self._cleanup_ended(handle, st)
+            if not jobfiles.is_job(handle):  # a job's pod and files wait for `release`
+                self._cleanup_ended(handle, st)
         return st
 
     def _gone(self, handle: Mapping[str, Any]) -> TargetStatus:
@@ -228,7 +256,9 @@ class TapisPodsTarget(Target):
         if pod_id in self._stopping:
             return TargetStatus(Phase.STOPPED, reason=f"pod {pod_id} deleted")
         reason = f"pod {pod_id} no longer exists (deleted outside hpcserve)"
-        if self._owned_volume(handle):
+        if jobfiles.is_job(handle):  # its volume holds the job's output: kept for `release`
+            reason = f"pod {pod_id} no longer exists"
+        elif self._owned_volume(handle):
             if self._delete_volume(str(handle["volume_id"]), deadline=time.monotonic() + 5):
                 reason += f"; its volume {handle['volume_id']} was deleted"
             else:
@@ -316,9 +346,13 @@ class TapisPodsTarget(Target):
             try:
                 self.api.stop_pod(pod_id)
                 self._wait_stopped(pod_id, deadline)
+                if jobfiles.is_job(handle):
+                    self._stopped_job(pod_id)
                 self.api.delete_pod(pod_id)
             except TapisNotFound:
                 pass  # already gone
+            if jobfiles.is_job(handle):
+                return  # the job's progress and output stay in its volume until `release`
             if self._owned_volume(handle) and not self._delete_volume(
                     str(handle["volume_id"]), deadline=max(deadline, time.monotonic() + 5)):
                 raise HpcserveError(f"pod {pod_id} is deleted but its volume "
@@ -326,6 +360,15 @@ class TapisPodsTarget(Target):
                                     hint="stop again to retry, or delete it in the Tapis UI")
         finally:
             self._stopping.discard(pod_id)
+
+    def _stopped_job(self, pod_id: str) -> None:
+        """A stopped job pod's last logs (the driver's own last lines come after SIGTERM), and
+        how it ended for polls that no longer find it."""
+        with contextlib.suppress(TapisNotFound):
+            self._keep_logs(pod_id, self.api.pod_logs(pod_id))
+        tail = "\n".join(self._final_logs.get(pod_id, "").splitlines()[-LOG_TAIL_LINES:])
+        self._remember(pod_id, TargetStatus(Phase.STOPPED, reason=f"pod {pod_id} was stopped",
+                                            log_tail=tail))
 
     def _wait_stopped(self, pod_id: str, deadline: float) -> None:
         """Until the pod is no longer running (delete_pod then ends it hard if it still is)."""
@@ -348,6 +391,52 @@ class TapisPodsTarget(Target):
                     log.warning("could not delete volume %s: %s", volume_id, exc.message)
                     return False
             time.sleep(0.5)
+
+    # ------------------------------------------------------------------ job files
+
+    async def read_file(self, handle: Mapping[str, Any], name: str,
+                        offset: int = 0) -> tuple[bytes, int]:
+        """A small file of the job's directory (progress.json) from `offset` on."""
+        if not jobfiles.is_job(handle):
+            return b"", offset
+        path = jobfiles.volume_path(name)
+        try:
+            data = await asyncio.to_thread(self.api.volume_file,
+                                           str(handle["job_volume_id"]), path)
+        except TapisNotFound:
+            return b"", offset
+        chunk = data[offset:]
+        return chunk, offset + len(chunk)
+
+    async def fetch(self, handle: Mapping[str, Any], name: str, dest: Path) -> bool:
+        if not jobfiles.is_job(handle):
+            return False
+        return await asyncio.to_thread(self.api.download, str(handle["job_volume_id"]),
+                                       jobfiles.volume_path(name), dest)
+
+    async def release(self, handle: Mapping[str, Any]) -> None:
+        """After the job's output was fetched: delete its pod and its volume (`keep_volume`
+        keeps the volume; `delete_ended: false` keeps both, for debugging)."""
+        if jobfiles.is_job(handle) and handle.get("pod_id"):
+            await asyncio.to_thread(self._release, handle)
+
+    def _release(self, handle: Mapping[str, Any]) -> None:
+        pod_id, volume_id = str(handle["pod_id"]), str(handle["job_volume_id"])
+        if not self.settings.delete_ended:
+            log.info("job pod %s and volume %s kept (delete_ended: false)", pod_id, volume_id)
+            return
+        with contextlib.suppress(HpcserveError):  # logs are nice to have; the delete is not
+            self._keep_logs(pod_id, self.api.pod_logs(pod_id))
+        with contextlib.suppress(TapisNotFound):
+            self.api.delete_pod(pod_id)
+        self._remember(pod_id, self._ended.get(pod_id) or TargetStatus(
+            Phase.STOPPED, reason=f"pod {pod_id} was deleted after its job ended"))
+        if handle.get("keep_volume") or self.settings.keep_volume:
+            log.info("job volume %s kept (keep_volume)", volume_id)
+            return
+        if not self._delete_volume(volume_id, deadline=time.monotonic() + 10):
+            raise HpcserveError(f"the job's volume {volume_id} could not be deleted",
+                                hint="delete it in the Tapis UI or API")
 
     # ------------------------------------------------------------------ logs
 
