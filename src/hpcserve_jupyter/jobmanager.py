@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import json
 import logging
 import os
@@ -20,9 +19,8 @@ import re
 import secrets as _random
 import shutil
 import time
-import zipfile
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from typing import Any
 from . import batchfile, jobrun
 from .errors import BadInput, HpcserveError, LaunchError, NotFound, NotReady
 from .jobs import Job, JobState
+from .jobstaging import check_image, check_output_dir, stage_task_input, unpack_output
 from .jobstore import JobStore
 from .manager import SessionManager
 from .secrets import redact
@@ -159,7 +158,7 @@ class JobManager:
         default_out = jobdir / ("output" if plan.kind == "task" else OUTPUT)
         out_path = Path(output).expanduser().absolute() if output else default_out
         if plan.kind == "task":
-            _check_output_dir(out_path)
+            check_output_dir(out_path)
         job = Job(id=job_id, name=name or self._new_name(spec.recipe), kind=plan.kind,
                   recipe=spec.recipe, backend=spec.backend, target=target,
                   input=str(input_path), output=str(out_path), concurrency=concurrency,
@@ -266,10 +265,15 @@ class JobManager:
     async def cancel(self, key: str) -> Job:
         """Stop a job; its output so far is fetched and kept (resume finishes it)."""
         job = self.get(key)
-        if job.state.terminal:
-            return job
-        job.cancel_requested = True
-        self.store.update(job, "cancel", "cancelled by user")
+        for _ in range(10):  # the monitor may write the job meanwhile: read it again
+            if job.state.terminal:
+                return job
+            job.cancel_requested = True
+            try:
+                self.store.update(job, "cancel", "cancelled by user")
+                break
+            except StaleSession:
+                job = self.store.get(job.id) or job
         if job.handle:
             tgt = self.sessions.target(job.target)
             await tgt.stop(job.handle)
@@ -507,82 +511,6 @@ def job_driver_spec(spec: ServeSpec, *, engine_batch: bool = False) -> ServeSpec
     secret_env = (*spec.secret_env, ("HPCSERVE_JOB_KEY", "api_key"))
     return replace(spec, argv=argv, secret_env=secret_env, idle_timeout_s=None,
                    max_lifetime_s=None)
-
-
-def check_image(image: str | None, allowed: Sequence[str], target: str) -> None:
-    """A job's image must match the allow-list (shell-style patterns) when one is set."""
-    if not image or not allowed:
-        return
-    if not any(fnmatch.fnmatchcase(image, pattern) for pattern in allowed):
-        raise BadInput(f"image {image!r} is not allowed for jobs on {target!r}",
-                       hint="allowed: " + ", ".join(allowed) + " (allowed_images in "
-                       "targets.yaml, c.HpcserveApp.allowed_images for the server)")
-
-
-def stage_task_input(source: Path, jobdir: Path, limits: JobLimits) -> tuple[Path, int, str]:
-    """(the file to stage, how many input files, the input's own name)."""
-    try:
-        if source.is_dir():
-            archive = jobdir / "input.zip"
-            count = zip_directory(source, archive, limits)
-            return archive, count, source.name
-        if not source.is_file():
-            raise BadInput(f"input {source} does not exist (or is no file or directory)",
-                           hint="give a file, a directory or a .zip of the task's inputs")
-    except OSError as exc:
-        raise BadInput(f"input {str(source)[:200]!r} cannot be used: {exc.strerror}") from None
-    if source.suffix.lower() == ".zip":
-        try:
-            count = jobrun.check_archive(source, limits.max_input_bytes, limits.max_input_files)
-        except (jobrun.UnsafeArchive, zipfile.BadZipFile) as exc:
-            raise BadInput(f"input archive {source} refused: {exc}",
-                           hint="a zip of plain files and folders, with relative paths "
-                           "inside it") from None
-        return source, count, source.name
-    if source.stat().st_size > limits.max_input_bytes:
-        raise BadInput(f"input {source} is over the limit of {limits.max_input_bytes} bytes")
-    return source, 1, source.name
-
-
-def zip_directory(folder: Path, archive: Path, limits: JobLimits) -> int:
-    """A task's input directory as a zip (0600); links out of it are refused, not followed."""
-    root = folder.resolve()
-    files = []
-    for path in sorted(folder.rglob("*")):
-        real = path.resolve()
-        if real != root and root not in real.parents:
-            raise BadInput(f"{path} links outside the input directory {folder}",
-                           hint="copy the file itself into the directory")
-        if real.is_file():
-            files.append(path)
-    if len(files) > limits.max_input_files:
-        raise BadInput(f"input directory {folder} holds {len(files)} files, over the limit of "
-                       f"{limits.max_input_files}")
-    if sum(p.stat().st_size for p in files) > limits.max_input_bytes:
-        raise BadInput(f"input directory {folder} is over the limit of "
-                       f"{limits.max_input_bytes} bytes")
-    fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as z:
-        for path in files:
-            z.write(path, path.relative_to(folder).as_posix())
-    return len(files)
-
-
-def unpack_output(archive: Path, dest: Path, limits: JobLimits) -> None:
-    """A task's output.zip into its output directory (the same checks as any input zip)."""
-    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        jobrun.safe_extract(archive, dest, limits.max_input_bytes * 4, limits.max_input_files)
-    except jobrun.Stop as exc:
-        raise HpcserveError(f"the task's output was not unpacked: {exc.reason}") from None
-
-
-def _check_output_dir(path: Path) -> None:
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise BadInput(f"output {path} exists and is not an empty directory",
-                       hint="a task's output is a directory: name a new or empty one")
-    if not path.parent.is_dir():
-        raise BadInput(f"output {path}: its parent directory does not exist")
 
 
 def _check_model(models: tuple[str, ...], spec: ServeSpec) -> None:
