@@ -106,7 +106,7 @@ def _run(page, nb: LabServer, artifacts: Path) -> None:
     session = nb.http.get(f"hpcserve/api/sessions/{sid}").json()
     assert session["recipe"] == RECIPE and session["target"] == "local", session
     expect(row).to_have_attribute("data-state", "ready", timeout=180_000)
-    table = panel.locator(".widget-gridbox")
+    table = panel.locator(".widget-gridbox").first  # the Sessions tab's (the Jobs tab has one)
     expect(table).to_contain_text(session["name"])
     expect(table.locator(".hpcserve-state.hpcserve-ready")).to_have_count(1, timeout=60_000)
     page.screenshot(path=str(artifacts / "notebook7-02-ready.png"))

@@ -37,7 +37,8 @@ def test_control_panel_in_jupyterlab(lab: LabServer, browser_context, artifacts:
         expect(backend.locator("option")).to_have_text(["vllm", "sglang", "transformers", "tgi"])
         recipe.select_option(label="smollm2-135m")
         expect(backend.locator("option")).to_have_text(["llama-cpp"])
-        expect(panel.locator(".widget-gridbox")).to_contain_text("state")
+        # the Sessions tab's table: the first grid (the Jobs tab's is another)
+        expect(panel.locator(".widget-gridbox").first).to_contain_text("state")
         expect(panel.locator("button", has_text="Launch")).to_be_enabled()
         page.screenshot(path=str(artifacts / "panel-jupyterlab.png"))
     except Exception:
