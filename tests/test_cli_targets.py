@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from hpcserve_jupyter.targets.local import SESSION_MARK
+from job_inputs import chat_lines, write
 from target_fixtures import cluster, pod_proxy, pods_config, slurm_config, standin  # noqa: F401
 
 RECIPE = "smollm2-135m"
@@ -185,12 +186,28 @@ def every_command(cli: Cli, target: str, kind: str, *launch_args: str) -> list[s
     cli("launch", RECIPE, "--on", target, "--set", "colour=red", rc=2)
     cli("launch", RECIPE, "--on", f"{target}x", rc=2)
 
+    # one-off jobs: submit and wait (exit 0 once done), status, results, logs, cancel, refusals
+    inp = write(Path(os.environ["HPCSERVE_HOME"]).parent / "job-input.jsonl",
+                chat_lines(3, max_tokens=4))
+    r = cli("job", "submit", RECIPE, "--input", str(inp), "--on", target, "--name", "jobbed",
+            "--wait", "--timeout", "300", "--json", *launch_args, timeout=360)
+    job = json.loads(r.stdout)
+    assert job["state"] == "done" and (job["done"], job["failed"]) == (3, 0), r.stderr
+    assert "jobbed" in cli("job", "status", "--all").stdout
+    assert json.loads(cli("job", "status", "jobbed", "--json").stdout)["target"] == target
+    out = cli("job", "results", "jobbed").stdout
+    assert sorted(json.loads(x)["custom_id"] for x in out.splitlines()) == ["q0", "q1", "q2"]
+    assert "[hpcserve-job] done" in cli("job", "logs", "jobbed", "--tail", "0").stdout
+    assert "jobbed: done" in cli("job", "cancel", "jobbed").stderr  # ended: a no-op
+    cli("job", "status", "nope", rc=2)
+    cli("job", "submit", RECIPE, "--input", f"{inp}.missing", "--on", target, rc=2)
+
     # none left behind
     assert not json.loads(cli("status", "--json").stdout)
     ended = json.loads(cli("status", "--all", "--json").stdout)
     assert sorted(s["name"] for s in ended) == ["broken", "plain", "waited"]
     commands = {"recipes", "targets", "launch", "status", "logs", "prompt", "chat", "stop",
-                "keepalive", "monitor"}
+                "keepalive", "monitor", "job"}
     from hpcserve_jupyter.cli import COMMANDS
 
     assert set(COMMANDS) == commands  # a new command must be added here

@@ -297,6 +297,8 @@ class JobManager:
         if not job.handle:
             return job.log_tail
         text, _ = await self.sessions.target(job.target).read_logs(job.handle, 0)
+        if not text.strip():  # released with its pod: the tail kept when it ended
+            text = job.log_tail
         text = redact(text, [self.sessions.api_key(job.id)])
         return "\n".join(text.splitlines()[-tail:]) if tail else text
 

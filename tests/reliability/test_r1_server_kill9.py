@@ -151,8 +151,10 @@ def test_kill9_of_jupyter_server_loses_nothing(tmp_path, isolated_home, monkeypa
 
         # The targets' truth: only the live sessions run anything.
         node_dir = Path(os.path.expanduser(f"~{cluster.user}")) / ".hpcserve" / "sessions"
-        marks = marked_processes(isolated_home, node_dir)
-        local_orphans = sorted(set(marks) - {a["id"], c["id"], e["id"]})  # c, e: SLURM node
+        # Engines on the SLURM node run in the cluster user's shared session directory, where
+        # other tests' sessions may still be ending: only this run's sessions count there.
+        ours = set(marked_processes(isolated_home)) | (set(marked_processes(node_dir)) & set(want))
+        local_orphans = sorted(ours - {a["id"], c["id"], e["id"]})  # c, e: SLURM node
         jobs = slurm_jobs(cluster.user)
         live_jobs = {job_name(x["name"], x["id"]) for x in (c, e)}
         # Jobs of this run's sessions (the test cluster may serve other test runs meanwhile).
