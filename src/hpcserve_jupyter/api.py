@@ -19,7 +19,6 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import jobinput
 from .errors import HpcserveError
 from .events import Subscription, cancel_task, deliver, subscriptions_of
 from .prompting import Prompting, require_ready
@@ -199,6 +198,8 @@ class Hpcserve(Prompting):
                   concurrency: int = 8, **overrides: Any) -> JobHandle:
         """A batch job from prompts (a list, or a pandas Series: its index labels become the
         custom_ids), written as an OpenAI Batch file in the state directory."""
+        from . import jobinput  # here, not at import: it pulls in the job driver (P5)
+
         path = jobinput.write_prompts(self.service.home, prompts, url=url, system=system,
                                       params=params)
         return self.submit_job(recipe, path, on=on, backend=backend, name=name,
@@ -222,7 +223,11 @@ class Hpcserve(Prompting):
 
     def job_results(self, key: str, *, output: str | Path | None = None) -> Path:
         path = self._loop.run(self.service.job_results(key))
-        return jobinput.copy_out(path, output) if output else path
+        if not output:
+            return path
+        from . import jobinput
+
+        return jobinput.copy_out(path, output)
 
     # ------------------------------------------------------------------ prompting
 

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
-from . import jobinput, paths
+from . import paths
 from .client import Client
 from .errors import (
     BadInput,
@@ -267,6 +267,8 @@ class RemoteHpcserve(Prompting):
         """A batch job from prompts (a list, or a pandas Series: its index labels become the
         custom_ids), written as an OpenAI Batch file (0600) in this user's state directory,
         which the server, running as the same user on this machine, reads."""
+        from . import jobinput  # here, not at import: it pulls in the job driver
+
         path = jobinput.write_prompts(paths.home(), prompts, url=url, system=system,
                                       params=params)
         return self.submit_job(recipe, path, on=on, backend=backend, name=name,
