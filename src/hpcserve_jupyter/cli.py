@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NoReturn, TextIO
 from . import views
 from .cmdargs import add_launch_arguments, count_arg, launch_overrides, seconds_arg
 from .jobcli import add_job_parser, cmd_job
+from .tapiscli import add_tapis_parser, cmd_tapis
 
 if TYPE_CHECKING:
     from .facade import Facade
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "status) until Ctrl-C")
     mo.add_argument("--interval", type=seconds_arg, default=5.0)
     add_job_parser(sub)
+    add_tapis_parser(sub)
     return p
 
 
@@ -303,7 +305,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 COMMANDS = {
     "recipes": cmd_recipes, "targets": cmd_targets, "launch": cmd_launch, "status": cmd_status,
     "logs": cmd_logs, "prompt": cmd_prompt, "chat": cmd_chat, "stop": cmd_stop,
-    "keepalive": cmd_keepalive, "monitor": cmd_monitor, "job": cmd_jobs,
+    "keepalive": cmd_keepalive, "monitor": cmd_monitor, "job": cmd_jobs, "tapis": cmd_tapis,
 }
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ BUILTIN = {
     "local": "hpcserve_jupyter.targets.local:LocalTarget",
     "slurm": "hpcserve_jupyter.targets.slurm.target:SlurmTarget",
     "tapis-pods": "hpcserve_jupyter.targets.tapis.target:TapisPodsTarget",
+    "tapis-jobs": "hpcserve_jupyter.targets.tapis_jobs.target:TapisJobsTarget",
 }
 
 

@@ -5,7 +5,9 @@ targets (and front ends) use it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Callable, Sequence
 
 from .connection import SSHConnection
 from .shell import LocalShell, Shell
@@ -36,3 +38,24 @@ def open_shell(host: str, **options: object) -> Shell:
     if host == "local":
         return LocalShell()
     return shared_connection(SSHSettings(host=host, **options))  # type: ignore[arg-type]
+
+
+def endpoint_urls(node: str, ports: Sequence[int], shell: Callable[[], Shell] | None) -> list[str]:
+    """Base URLs of a job's engines on `node`: directly (`shell` None: hpcserve runs where the
+    node is reachable), else the local ends of tunnels through the login host's connection."""
+    if shell is None:
+        return [f"http://{node}:{int(p)}" for p in ports]
+    urls = []
+    for port in ports:
+        host, local_port = shell().open_tunnel(node, int(port))
+        urls.append(f"http://{host}:{local_port}")
+    return urls
+
+
+def close_endpoint_tunnels(node: str, ports: Sequence[int], shell: Shell | None) -> None:
+    """Close the tunnels `endpoint_urls` opened (an ended job's; best effort)."""
+    if shell is None:
+        return
+    for port in ports:
+        with contextlib.suppress(Exception):
+            shell.close_tunnel(node, int(port))

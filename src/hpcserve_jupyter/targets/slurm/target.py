@@ -31,7 +31,7 @@ from ..base import (
     job_file_name,
 )
 from . import script
-from .sharing import open_shell
+from .sharing import close_endpoint_tunnels, endpoint_urls, open_shell
 from .shell import RemoteCommandError, Shell
 from .states import SACCT_FIELDS, SQUEUE_FORMAT, JobInfo, parse_sacct, parse_squeue
 
@@ -347,14 +347,8 @@ class SlurmTarget(Target):
     # ------------------------------------------------------------------ endpoints
 
     def _urls(self, handle: Mapping[str, Any]) -> list[str]:
-        node, ports = handle["node"], handle["ports"]
-        if self.settings.host == "local":
-            return [f"http://{node}:{p}" for p in ports]
-        urls = []
-        for port in ports:
-            host, local_port = self.shell().open_tunnel(node, int(port))
-            urls.append(f"http://{host}:{local_port}")
-        return urls
+        direct = self.settings.host == "local"
+        return endpoint_urls(handle["node"], handle["ports"], None if direct else self.shell)
 
     async def endpoints(self, handle: Mapping[str, Any]) -> list[str]:
         if "ports" not in handle:
@@ -362,10 +356,8 @@ class SlurmTarget(Target):
         return await asyncio.to_thread(self._urls, handle)
 
     def _close_tunnels(self, handle: Mapping[str, Any]) -> None:
-        if self.settings.host == "local" or "ports" not in handle or self._shell is None:
-            return
-        for port in handle["ports"]:
-            self.shell().close_tunnel(handle["node"], int(port))
+        if self.settings.host != "local" and "ports" in handle:
+            close_endpoint_tunnels(handle["node"], handle["ports"], self._shell)
 
     # ------------------------------------------------------------------ stop and logs
 

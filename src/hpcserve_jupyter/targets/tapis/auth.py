@@ -29,7 +29,8 @@ from typing import Any
 import requests
 
 from ...errors import BadInput
-from .config import TapisPodsConfig
+from ..base import SecretSetting
+from .config import TapisAuthConfig
 from .errors import TapisAuthError, map_error
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,16 @@ def _interactive() -> bool:
     return False
 
 
-def resolve_credentials(s: TapisPodsConfig) -> Credentials:
+def secret_settings(s: TapisAuthConfig, hf_token_env: str | None) -> list[SecretSetting]:
+    """The variables a Tapis target reads secrets from (names only), for the front ends."""
+    found = [SecretSetting("Tapis password", s.password_env),
+             SecretSetting("Tapis access token", s.token_env)]
+    if hf_token_env:
+        found.append(SecretSetting("Hugging Face token", hf_token_env))
+    return found
+
+
+def resolve_credentials(s: TapisAuthConfig) -> Credentials:
     """The first available source, or a BadInput listing every source."""
     username = s.username or os.environ.get(s.username_env) or None
     token = os.environ.get(s.token_env) or None
@@ -117,7 +127,7 @@ def resolve_credentials(s: TapisPodsConfig) -> Credentials:
 class TapisSession:
     """The tapipy client of one target, created on first use, re-authenticated on 401."""
 
-    def __init__(self, settings: TapisPodsConfig) -> None:
+    def __init__(self, settings: TapisAuthConfig) -> None:
         self.settings = settings
         self._lock = threading.RLock()
         self._client: Any = None

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .auth import TapisSession
-from .config import TapisPodsConfig
+from .config import TapisAuthConfig, TapisPodsConfig
 from .errors import TapisAuthError, map_error
 
 log = logging.getLogger(__name__)
@@ -41,27 +41,32 @@ def plain(obj: Any) -> Any:
     return obj
 
 
-class PodsApi:
-    def __init__(self, settings: TapisPodsConfig) -> None:
+class TapisApi:
+    """One tapipy client per target and the one rule every call follows: a 401 gets one retry
+    after fresh tokens, any other tapipy error becomes ours, results are plain data."""
+
+    service = "Pods"  # names the service in error messages
+
+    def __init__(self, settings: TapisAuthConfig) -> None:
         self.settings = settings
         self.session = TapisSession(settings)
 
     def __repr__(self) -> str:
-        return f"PodsApi({self.settings.base_url!r})"
+        return f"{type(self).__name__}({self.settings.base_url!r})"
 
-    def call(self, operation: str, what: str, *, _secrets: tuple[str, ...] = (),
-             **kwargs: Any) -> Any:
-        """tapipy `pods.<operation>(**kwargs)` as plain data; `what` names it in errors, which
-        never contain `_secrets` (values of the call's body) nor our credentials."""
+    def call_on(self, resource: str, operation: str, what: str, *,
+                _secrets: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        """tapipy `<resource>.<operation>(**kwargs)` as plain data; `what` names it in errors,
+        which never contain `_secrets` (values of the call's body) nor our credentials."""
         from tapipy.errors import BaseTapyException, UnauthorizedError
 
         for attempt in (1, 2):
             client = self.session.client()
             jwt = self.session.current_jwt()
             try:
-                log.debug("Tapis pods.%s %s", operation, kwargs.get("pod_id")
-                          or kwargs.get("volume_id") or "")
-                return plain(getattr(client.pods, operation)(**kwargs))
+                log.debug("Tapis %s.%s", resource, operation)
+                api = getattr(client, resource) if resource else client  # "": tapipy's own
+                return plain(getattr(api, operation)(**kwargs))
             except UnauthorizedError as exc:
                 if attempt == 1:
                     self.session.refresh(jwt)
@@ -74,7 +79,53 @@ class PodsApi:
     def _error(self, exc: Exception, what: str, extra: tuple[str, ...]) -> Exception:
         return map_error(exc, what, where=self.settings.base_url,
                          secrets=[*self.session.secrets(), *extra],
-                         auth_hint=self.session.auth_hint)
+                         auth_hint=self.session.auth_hint, service=self.service)
+
+    def stream_to(self, url: str, dest: Path, what: str) -> bool:
+        """A GET of `url` on tapipy's own session and token, streamed into `dest` (0600,
+        written under a temporary name and then renamed); False on 404. tapipy itself reads a
+        whole answer into memory, which a job's output must not be."""
+        import requests
+        from tapipy import errors as te
+
+        for attempt in (1, 2):
+            client = self.session.client()
+            jwt = self.session.current_jwt()
+            try:
+                resp = client.requests_session.get(url, headers={"X-Tapis-Token": jwt or ""},
+                                                   stream=True, verify=client.verify)
+            except requests.RequestException as exc:
+                raise self._error(te.BaseTapyException(
+                    msg=f"Unable to make request to Tapis server. Exception: {exc}"),
+                    what, ()) from None
+            with resp:
+                if resp.status_code == 401 and attempt == 1:
+                    self.session.refresh(jwt)
+                    continue
+                if resp.status_code == 404:
+                    return False
+                if resp.status_code >= 300:
+                    raise self._error(_tapis_error(resp), what, ()) from None
+                try:
+                    _save(resp, dest)
+                except requests.RequestException as exc:
+                    raise self._error(te.BaseTapyException(
+                        msg=f"Unable to make request to Tapis server. Exception: {exc}"),
+                        what, ()) from None
+                return True
+        raise TapisAuthError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class PodsApi(TapisApi):
+    settings: TapisPodsConfig
+
+    def call(self, operation: str, what: str, *, _secrets: tuple[str, ...] = (),
+             **kwargs: Any) -> Any:
+        """tapipy `pods.<operation>(**kwargs)` as plain data (see `call_on`)."""
+        return self.call_on("pods", operation, what, _secrets=_secrets, **kwargs)
 
     # ------------------------------------------------------------------ operations
 
@@ -128,43 +179,11 @@ class PodsApi:
         return found if isinstance(found, bytes) else b""
 
     def download(self, volume_id: str, path: str, dest: Path) -> bool:
-        """get_volume_contents streamed into `dest` (0600, written under a temporary name and
-        then renamed); False when the volume or the file does not exist."""
-        import requests
-        from tapipy import errors as te
-
-        what = f"fetch {path} from volume {volume_id}"
+        """get_volume_contents streamed into `dest`; False when the volume or the file does
+        not exist."""
         url = (f"{self.settings.base_url}/v3/pods/volumes/{quote(volume_id, safe='')}"
                f"/contents/{quote(path)}")
-        for attempt in (1, 2):
-            client = self.session.client()
-            jwt = self.session.current_jwt()
-            try:
-                resp = client.requests_session.get(url, headers={"X-Tapis-Token": jwt or ""},
-                                                   stream=True, verify=client.verify)
-            except requests.RequestException as exc:
-                raise self._error(te.BaseTapyException(
-                    msg=f"Unable to make request to Tapis server. Exception: {exc}"),
-                    what, ()) from None
-            with resp:
-                if resp.status_code == 401 and attempt == 1:
-                    self.session.refresh(jwt)
-                    continue
-                if resp.status_code == 404:
-                    return False
-                if resp.status_code >= 300:
-                    raise self._error(_tapis_error(resp), what, ()) from None
-                try:
-                    _save(resp, dest)
-                except requests.RequestException as exc:
-                    raise self._error(te.BaseTapyException(
-                        msg=f"Unable to make request to Tapis server. Exception: {exc}"),
-                        what, ()) from None
-                return True
-        raise TapisAuthError("unreachable")  # pragma: no cover - the loop returns or raises
-
-    def close(self) -> None:
-        self.session.close()
+        return self.stream_to(url, dest, f"fetch {path} from volume {volume_id}")
 
 
 def _tapis_error(resp: Any) -> Exception:

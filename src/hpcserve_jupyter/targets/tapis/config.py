@@ -42,16 +42,16 @@ class PodResources(BaseModel):
     gpus: int | None = Field(None, ge=0)
 
 
-class TapisPodsConfig(BaseModel):
+class TapisAuthConfig(BaseModel):
+    """Where a Tapis tenant is and who we are there: shared by every Tapis target (Pods, Jobs).
+    Secrets never live here, only the NAMES of the variables that hold them."""
+
     model_config = ConfigDict(extra="forbid")
 
-    # --- where and who
     base_url: str = Field(description="tenant base URL, e.g. https://tacc.tapis.io")
     tenant_id: str | None = Field(
         None, description="default: the first label of base_url's host (tacc.tapis.io -> tacc); "
         "always sent, so tapipy never looks tenants up")
-    tenant_host: str | None = Field(None, description="host pods are published under "
-                                    "(<pod>.pods.<tenant_host>); default: base_url's host")
     username: str | None = None
     username_env: str = "TAPIS_USERNAME"
     password_env: str = "TAPIS_PASSWORD"
@@ -63,6 +63,42 @@ class TapisPodsConfig(BaseModel):
     verify_tls: bool = True
     request_timeout: float = Field(30.0, gt=0, le=600,
                                    description="seconds for any one Tapis API call")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            bad = [k for k in data if str(k).lower() in SECRET_KEYS]
+            if bad:
+                # The value is never echoed: it is a secret that should not be in the file.
+                raise ValueError(
+                    f"{bad[0]!r} does not belong in the targets file: secrets come from the "
+                    "environment (password_env, token_env, hf_token_env), a keyring or a prompt")
+        return data
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"base_url must look like https://tenant.tapis.io, not {v!r}")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _derive_tenant(self) -> TapisAuthConfig:
+        host = urlsplit(self.base_url).hostname or ""
+        if self.tenant_id is None:
+            label = host.split(".")[0]
+            if not label or label.isdigit() or "." not in host:
+                raise ValueError(f"set tenant_id: it cannot be derived from {self.base_url!r}")
+            self.tenant_id = label
+        return self
+
+
+class TapisPodsConfig(TapisAuthConfig):
+    # --- where (the auth fields come from TapisAuthConfig)
+    tenant_host: str | None = Field(None, description="host pods are published under "
+                                    "(<pod>.pods.<tenant_host>); default: base_url's host")
 
     # --- what runs
     image: str | None = Field(None, description="overrides the recipe's/engine's image "
@@ -103,26 +139,6 @@ class TapisPodsConfig(BaseModel):
         True, description="delete pods (and own volumes) that ended by themselves, once their "
         "logs are read")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_secrets(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            bad = [k for k in data if str(k).lower() in SECRET_KEYS]
-            if bad:
-                # The value is never echoed: it is a secret that should not be in the file.
-                raise ValueError(
-                    f"{bad[0]!r} does not belong in the targets file: secrets come from the "
-                    "environment (password_env, token_env, hf_token_env), a keyring or a prompt")
-        return data
-
-    @field_validator("base_url")
-    @classmethod
-    def _base_url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"base_url must look like https://tenant.tapis.io, not {v!r}")
-        return v.rstrip("/")
-
     @field_validator("endpoint_template")
     @classmethod
     def _template(cls, v: str) -> str:
@@ -151,12 +167,6 @@ class TapisPodsConfig(BaseModel):
 
     @model_validator(mode="after")
     def _derive(self) -> TapisPodsConfig:
-        host = urlsplit(self.base_url).hostname or ""
-        if self.tenant_id is None:
-            label = host.split(".")[0]
-            if not label or label.isdigit() or "." not in host:
-                raise ValueError(f"set tenant_id: it cannot be derived from {self.base_url!r}")
-            self.tenant_id = label
         if self.tenant_host is None:
-            self.tenant_host = host
+            self.tenant_host = urlsplit(self.base_url).hostname or ""
         return self

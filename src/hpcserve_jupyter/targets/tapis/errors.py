@@ -24,7 +24,7 @@ class TapisAuthError(BadInput):
 
 
 class TapisNotFound(NotFound):
-    """404 from the Pods API: the pod or volume does not exist (any more)."""
+    """404 from a Tapis API: the pod, volume, job, app or file does not exist (any more)."""
 
 
 def service_message(exc: Any) -> str:
@@ -47,29 +47,29 @@ def status_of(exc: Any) -> int | None:
 
 
 def map_error(exc: Exception, what: str, *, where: str, secrets: Iterable[str] = (),
-              auth_hint: str | None = None) -> HpcserveError:
+              auth_hint: str | None = None, service: str = "Pods") -> HpcserveError:
     """Our error for a tapipy exception raised while trying to `what` (e.g. 'create pod x')."""
     from tapipy import errors as te
 
     msg = redact(service_message(exc), [s for s in secrets if s])
     if isinstance(exc, te.BadRequestError):
-        return BadInput(f"Tapis Pods refused to {what}: {msg}",
+        return BadInput(f"Tapis {service} refused to {what}: {msg}",
                         hint="fix the value it names in targets.yaml or the launch overrides")
     if isinstance(exc, te.UnauthorizedError):
         return TapisAuthError(f"Tapis at {where} did not accept our credentials ({what}): {msg}",
                               hint=auth_hint)
     if isinstance(exc, te.ForbiddenError):
         return TapisAuthError(f"Tapis at {where} does not allow this user to {what}: {msg}",
-                              hint="ask the tenant's admins for access to the Pods service, or "
-                              "check the username in targets.yaml")
+                              hint=f"ask the tenant's admins for access to the {service} "
+                              "service, or check the username in targets.yaml")
     if isinstance(exc, te.NotFoundError):
-        return TapisNotFound(f"Tapis Pods: {msg}")
+        return TapisNotFound(f"Tapis {service}: {msg}")
     if isinstance(exc, (te.ServiceUnavailableError, te.InternalServerError,
                         te.InvalidServerResponseError)):
-        return TargetUnreachable(f"the Tapis Pods API at {where} failed to {what} "
+        return TargetUnreachable(f"the Tapis {service} API at {where} failed to {what} "
                                  f"(HTTP {status_of(exc) or '?'}): {msg}")
     if type(exc) is te.BaseTapyException and getattr(exc, "response", None) is None:
         # requests raised (timeout, refused connection, DNS): tapipy wraps it as a plain one.
-        return TargetUnreachable(f"the Tapis Pods API at {where} did not answer ({what}): "
+        return TargetUnreachable(f"the Tapis {service} API at {where} did not answer ({what}): "
                                  f"{msg.removeprefix('Unable to make request to Tapis server. ')}")
     return HpcserveError(f"Tapis could not {what}: {msg}")

@@ -33,7 +33,7 @@ def stage(api: PodsApi, volume_id: str, files: Mapping[str, Path]) -> int:
     count = 0
     for name, source in files.items():
         source = Path(source)
-        for local, rel in _walk(source, volume_path(name)):
+        for local, rel in walk_files(source, volume_path(name)):
             try:
                 data = local.read_bytes()
             except OSError as exc:
@@ -43,7 +43,7 @@ def stage(api: PodsApi, volume_id: str, files: Mapping[str, Path]) -> int:
     return count
 
 
-def _walk(source: Path, rel: str) -> list[tuple[Path, str]]:
+def walk_files(source: Path, rel: str) -> list[tuple[Path, str]]:
     if not source.is_dir():
         return [(source, rel)]
     root = source.resolve()

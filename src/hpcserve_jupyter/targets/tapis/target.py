@@ -55,6 +55,7 @@ from ...errors import BadInput, HpcserveError, LaunchError, TargetUnreachable
 from ...secrets import redact
 from ..base import LaunchRequest, Phase, SecretSetting, Target, TargetStatus
 from . import deploy, jobfiles, states
+from .auth import secret_settings
 from .client import PodsApi
 from .config import TapisPodsConfig
 from .errors import TapisNotFound
@@ -173,12 +174,7 @@ class TapisPodsTarget(Target):
     # ------------------------------------------------------------------ adopt
 
     def secret_settings(self) -> list[SecretSetting]:
-        s = self.settings
-        found = [SecretSetting("Tapis password", s.password_env),
-                 SecretSetting("Tapis access token", s.token_env)]
-        if s.hf_token_env:
-            found.append(SecretSetting("Hugging Face token", s.hf_token_env))
-        return found
+        return secret_settings(self.settings, self.settings.hf_token_env)
 
     async def adopt(self, session_id: str, name: str) -> dict[str, Any] | None:
         """After a launch whose handle was never recorded: the handle of the pod created for

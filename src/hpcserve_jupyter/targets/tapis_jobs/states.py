@@ -1,0 +1,64 @@
+"""A Tapis job's status -> what the target tells the manager (pure).
+
+    PENDING, PROCESSING_INPUTS, STAGING_INPUTS,
+    STAGING_JOB, SUBMITTING_JOB, QUEUED   -> pending, the status as the reason
+    BLOCKED, PAUSED                       -> pending (Tapis waits on something; reason says it)
+    RUNNING                               -> running: the manager's health check through the
+                                             tunnel decides starting / ready
+    ARCHIVING                             -> stopping (the command ended, outputs are copied)
+    FINISHED                              -> exited, code 0
+    CANCELLED                             -> stopped (our cancel, or one outside hpcserve)
+    FAILED                                -> exited (timeout when the time limit ended it),
+                                             with `lastMessage` and the output's tail
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ..base import Phase
+
+WAITING = ("PENDING", "PROCESSING_INPUTS", "STAGING_INPUTS", "STAGING_JOB", "SUBMITTING_JOB",
+           "QUEUED")
+HELD = ("BLOCKED", "PAUSED")
+TERMINAL = ("FINISHED", "CANCELLED", "FAILED")
+
+
+def phase_of(status: str) -> Phase:
+    status = status.upper()
+    if status in WAITING or status in HELD:
+        return Phase.PENDING
+    if status == "RUNNING":
+        return Phase.RUNNING
+    if status == "ARCHIVING":
+        return Phase.STOPPING
+    if status == "CANCELLED":
+        return Phase.STOPPED
+    if status in ("FINISHED", "FAILED"):
+        return Phase.EXITED
+    return Phase.PENDING  # a status newer than this table: wait and see
+
+
+def is_timeout(job: Mapping[str, Any]) -> bool:
+    """Whether the scheduler's time limit ended it (Tapis says so in its message)."""
+    text = f"{job.get('lastMessage') or ''} {job.get('remoteResultInfo') or ''} " \
+           f"{job.get('condition') or ''}"
+    return bool(re.search(r"\bTIME(OUT|_?LIMIT)\b|time limit", text, re.IGNORECASE))
+
+
+def exit_code_of(job: Mapping[str, Any]) -> int | None:
+    """The remote exit code Tapis recorded (`remoteResultInfo`, e.g. "0:0" from sacct)."""
+    info = str(job.get("remoteResultInfo") or "").strip()
+    match = re.match(r"^(-?\d+)(?::(\d+))?$", info)
+    if not match:
+        return None
+    code, signal = int(match[1]), int(match[2] or 0)
+    return 128 + signal if code == 0 and signal else code
+
+
+def reason_of(job: Mapping[str, Any]) -> str:
+    status = str(job.get("status") or "?")
+    message = str(job.get("lastMessage") or "").strip()
+    return f"Tapis job {status}" + (f": {message[:500]}" if message else "")
