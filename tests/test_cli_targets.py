@@ -1,7 +1,8 @@
 """Every `hpcserve` command, run as a real subprocess, against each kind of target: local (the
-real llama.cpp engine), SLURM (the real test cluster over sshd) and Tapis Pods (the stand-in
-behind real tapipy). Whatever a command does, its stderr never holds a traceback: it succeeds,
-or it fails with a one-line message and exit code 1 or 2 (GitHub issue 13, part 2).
+real llama.cpp engine), SLURM (the real test cluster over sshd), Tapis Pods (the stand-in
+behind real tapipy) and Tapis Jobs (the stand-in's Jobs API running jobs on the test
+cluster). Whatever a command does, its stderr never holds a traceback: it succeeds, or it
+fails with a one-line message and exit code 1 or 2 (GitHub issue 13, part 2).
 
 One test per target kind runs the commands in sequence on the sessions it launches.
 """
@@ -25,7 +26,15 @@ import yaml
 
 from hpcserve_jupyter.targets.local import SESSION_MARK
 from job_inputs import chat_lines, write
-from target_fixtures import cluster, pod_proxy, pods_config, slurm_config, standin  # noqa: F401
+from target_fixtures import (  # noqa: F401
+    cluster,
+    jobs_standin,
+    pod_proxy,
+    pods_config,
+    slurm_config,
+    standin,
+    tapis_jobs_config,
+)
 
 RECIPE = "smollm2-135m"
 TRACEBACK = "Traceback (most recent call last)"
@@ -202,12 +211,18 @@ def every_command(cli: Cli, target: str, kind: str, *launch_args: str) -> list[s
     cli("job", "status", "nope", rc=2)
     cli("job", "submit", RECIPE, "--input", f"{inp}.missing", "--on", target, rc=2)
 
+    # the Tapis app of a tapis-jobs target (any other kind: refused with a message)
+    if kind == "tapis-jobs":
+        assert json.loads(cli("tapis", "app", "--on", target, "--dry-run").stdout)["app"]
+    else:
+        assert "not tapis-jobs" in cli("tapis", "app", "--on", target, rc=2).stderr
+
     # none left behind
     assert not json.loads(cli("status", "--json").stdout)
     ended = json.loads(cli("status", "--all", "--json").stdout)
     assert sorted(s["name"] for s in ended) == ["broken", "plain", "waited"]
     commands = {"recipes", "targets", "launch", "status", "logs", "prompt", "chat", "stop",
-                "keepalive", "monitor", "job"}
+                "keepalive", "monitor", "job", "tapis"}
     from hpcserve_jupyter.cli import COMMANDS
 
     assert set(COMMANDS) == commands  # a new command must be added here
@@ -259,3 +274,12 @@ def test_every_command_on_tapis_pods(run_cli, pods_config, standin):  # noqa: F8
     write_targets("pods", pods_config)
     every_command(Cli(run_cli), "pods", "tapis-pods")
     assert not [pod for pod in standin.pods if standin.local_url(pod)]  # no pod runs
+
+
+def test_every_command_on_tapis_jobs(run_cli, tapis_jobs_config, jobs_standin):  # noqa: F811
+    write_targets("hpc", tapis_jobs_config)
+    # one CPU each on the 2-CPU test node, so that two sessions run at once
+    ids = every_command(Cli(run_cli), "hpc", "tapis-jobs", "--set", "cpus=1")
+    live = [j.uuid for j in jobs_standin.jobs.jobs.values()
+            if j.status not in ("FINISHED", "FAILED", "CANCELLED")]
+    assert live == [] and len(ids) == 3  # no Tapis job left running

@@ -68,11 +68,11 @@ def cmd_tapis(args: argparse.Namespace) -> int:
 
 
 def _job_request(target: Any, recipe: str, backend: str | None) -> dict[str, Any]:
-    """The submitJob body of a session of `recipe` (a made-up session id; no secret)."""
+    """The submitJob body of a session of `recipe` (session id 00000000; secrets travel in
+    the job's env file, never in this body)."""
     from .resolve import resolve
     from .targets.base import LaunchRequest
 
     spec = resolve(recipe, backend)
-    req = LaunchRequest(session_id="0000dry0", name=recipe, spec=spec,
-                        workdir=Path("."), secrets={"api_key": "(read from the secrets file)"})
+    req = LaunchRequest(session_id="00000000", name=recipe, spec=spec, workdir=Path("."))
     return target.plan(req).body

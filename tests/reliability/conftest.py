@@ -30,10 +30,12 @@ from hpcserve_jupyter.targets.local import SESSION_MARK  # noqa: E402
 # target configs), shared with the other tests that use them.
 from target_fixtures import (  # noqa: E402, F401
     cluster,
+    jobs_standin,
     pod_proxy,
     pods_config,
     slurm_config,
     standin,
+    tapis_jobs_config,
 )
 
 __all__ = ["TOKEN", "JupyterServer", "free_port", "wait_ready"]
@@ -106,10 +108,14 @@ def until(pred: Any, timeout: float, step: float = 0.1) -> Any:
 
 
 def remote_target(request: pytest.FixtureRequest, kind: str) -> tuple[dict[str, Any], Any]:
-    """For tests run on both remote targets: the config of `kind` ("slurm": the test cluster,
-    "tapis": the Pods stand-in) and what tells the target's truth (the cluster / the stand-in)."""
+    """For tests run on the remote targets: the config of `kind` ("slurm": the test cluster,
+    "tapis": the Pods stand-in, "tapis-jobs": the stand-in's Jobs API on the test cluster) and
+    what tells the target's truth (the cluster / the stand-in)."""
     if kind == "slurm":
         return request.getfixturevalue("slurm_config"), request.getfixturevalue("cluster")
+    if kind == "tapis-jobs":
+        return (request.getfixturevalue("tapis_jobs_config"),
+                request.getfixturevalue("jobs_standin"))
     return request.getfixturevalue("pods_config"), request.getfixturevalue("standin")
 
 

@@ -118,3 +118,25 @@ def test_tapis_launch_interrupted_is_adopted(pods_config, standin):
                tapis_restart_to_ready_s=round(took, 2))
     finally:
         _stop_all(h)
+
+
+def test_tapis_jobs_launch_interrupted_is_adopted(tapis_jobs_config, jobs_standin):
+    configs = {"local": {"kind": "local"}, "hpc": tapis_jobs_config}
+    info = _launch_and_kill(configs, "hpc")
+    uuid, name = info["handle"]["job_uuid"], info["handle"]["job_name"]
+    assert uuid in jobs_standin.jobs.jobs  # submitted to the Jobs API, not recorded
+    # found again by the job's name (hpcserve-NAME-ID)
+    h, took = _restart_and_adopt(configs, info["sid"], {"job_uuid": uuid, "job_name": name})
+    try:
+        assert h.stop(info["sid"]).state == State.STOPPED
+        assert jobs_standin.jobs.get(uuid).status == "CANCELLED"  # checked at the Jobs API
+        live = [j.uuid for j in jobs_standin.jobs.jobs.values()
+                if j.status not in ("FINISHED", "FAILED", "CANCELLED")]
+        remote = str(jobs_standin.jobs.get(uuid).fields["remoteJobId"])
+        assert live == [] and until(lambda: not subprocess.run(
+            ["squeue", "--noheader", "-j", remote], capture_output=True, text=True
+        ).stdout.strip(), 30)  # and gone from SLURM's queue
+        record("R-launch-kill", tapis_jobs_outcome="adopted", tapis_jobs_orphans=len(live),
+               tapis_jobs_restart_to_ready_s=round(took, 2))
+    finally:
+        _stop_all(h)

@@ -1,6 +1,7 @@
 """R1 (+ R7): SIGKILL of a real `jupyter server` while sessions on the local target, on the
-SLURM test cluster and on Tapis Pods (the stand-in, through real tapipy) are ready and others
-are still starting; after a restart every session is found in its true state over REST, none
+SLURM test cluster, on Tapis Pods (the stand-in, through real tapipy) and on Tapis Jobs (the
+stand-in's Jobs API running the job on the test cluster) are ready and others are still
+starting; after a restart every session is found in its true state over REST, none
 lost, none duplicated, and nothing runs at the targets that no session accounts for (psutil for
 local engines, squeue for jobs, the Pods API for pods and volumes). Then R7: no secret (Jupyter
 token, SSH passphrase, Tapis password and access tokens, HF token, per-session API keys, the
@@ -14,6 +15,7 @@ import os
 import secrets as secrets_mod
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -64,27 +66,35 @@ def prompt(server: KillableServer, sid: str) -> str:
     return r.json()["choices"][0]["message"]["content"]
 
 
+def recording(issue: Callable[..., str], into: list[str]) -> Callable[..., str]:
+    """`issue`, keeping every token it hands out (to look for them afterwards)."""
+
+    def issue_and_keep(*args: object, **kw: object) -> str:
+        token = issue(*args, **kw)
+        into.append(token)
+        return token
+
+    return issue_and_keep
+
+
 def test_kill9_of_jupyter_server_loses_nothing(tmp_path, isolated_home, monkeypatch,
-                                               slurm_config, cluster, pods_config, standin):
+                                               slurm_config, cluster, pods_config, standin,
+                                               tapis_jobs_config, jobs_standin):
     hf_token = "hf_" + secrets_mod.token_hex(16)
     wrong_password = "wrong-" + secrets_mod.token_hex(8)
     monkeypatch.setenv(PASS_ENV, cluster.passphrase)
     monkeypatch.setenv("HF_TOKEN", hf_token)  # local engines inherit it
     monkeypatch.setenv(BAD_PASSWORD_ENV, wrong_password)
-    tapis_tokens: list[str] = []  # every token the Pods service hands out
-    issue = standin.issue_token
-
-    def recording_issue(*args: object, **kw: object) -> str:
-        token = issue(*args, **kw)
-        tapis_tokens.append(token)
-        return token
-
-    monkeypatch.setattr(standin, "issue_token", recording_issue)
+    tapis_tokens: list[str] = []  # every token the Pods and Jobs stand-ins hand out
+    for service in (standin, jobs_standin):
+        monkeypatch.setattr(service, "issue_token", recording(service.issue_token,
+                                                               tapis_tokens))
+    hpc = {**tapis_jobs_config, "hf_token_env": HF_ENV}
     cfg = {**slurm_config, "key": str(cluster.passphrase_key), "key_passphrase_env": PASS_ENV}
     pods = {**pods_config, "hf_token_env": HF_ENV}
     bad_pods = {**pods_config, "password_env": BAD_PASSWORD_ENV}
     (tmp_path / "targets.yaml").write_text(json.dumps(
-        {"targets": {"cluster": cfg, "pods": pods, "badpods": bad_pods}}))
+        {"targets": {"cluster": cfg, "pods": pods, "badpods": bad_pods, "hpc": hpc}}))
     port = free_port()
     server = KillableServer(tmp_path, port)
     rest_answers: list[str] = []
@@ -111,8 +121,9 @@ def test_kill9_of_jupyter_server_loses_nothing(tmp_path, isolated_home, monkeypa
         assert server.http.delete(f"hpcserve/api/sessions/{d['id']}").status_code == 200
         c_job = job_name(c["name"], c["id"])
         assert slurm_jobs(cluster.user).get(c_job) == "RUNNING"
-        # Two more, still starting when the server dies.
-        e = launch(server, "cluster", **ONE_CPU)
+        # Two more, still starting when the server dies (the Tapis job takes the node's
+        # other CPU: one job each on the 2-core test node).
+        e = launch(server, "hpc", **ONE_CPU)
         u = launch(server, "pods")
         starting = {x["id"]: x["state"] for x in states(server) if x["id"] in (e["id"], u["id"])}
 
@@ -156,14 +167,22 @@ def test_kill9_of_jupyter_server_loses_nothing(tmp_path, isolated_home, monkeypa
         ours = set(marked_processes(isolated_home)) | (set(marked_processes(node_dir)) & set(want))
         local_orphans = sorted(ours - {a["id"], c["id"], e["id"]})  # c, e: SLURM node
         jobs = slurm_jobs(cluster.user)
-        live_jobs = {job_name(x["name"], x["id"]) for x in (c, e)}
+        live_jobs = {job_name(c["name"], c["id"])}
+        # The Jobs API's truth: one live Tapis job, e's (named hpcserve-NAME-ID).
+        tapis_jobs = {j.fields["name"]: j for j in jobs_standin.jobs.jobs.values()
+                      if j.status not in ("FINISHED", "FAILED", "CANCELLED")}
+        e_job = f"hpcserve-{e['name']}-{e['id']}"
+        tapis_job_orphans = sorted(set(tapis_jobs) - {e_job})
         # Jobs of this run's sessions (the test cluster may serve other test runs meanwhile).
-        job_orphans = sorted(job_name(x["name"], x["id"]) for x in (a, b, d, t, u)
+        job_orphans = sorted(job_name(x["name"], x["id"]) for x in (a, b, d, e, t, u)
                              if job_name(x["name"], x["id"]) in jobs)
         live_pods = {ids.pod for ids in pod_ids.values()}
         pod_orphans = sorted(set(standin.pods) - live_pods)
         volume_orphans = sorted(set(standin.volumes) - {ids.volume for ids in pod_ids.values()})
         assert local_orphans == [] and job_orphans == [], (local_orphans, job_orphans)
+        assert tapis_job_orphans == [] and e_job in tapis_jobs, tapis_jobs
+        assert tapis_jobs[e_job].status == "RUNNING"
+        e_dir = Path(tapis_jobs[e_job].fields["execSystemExecDir"])
         assert pod_orphans == [] and volume_orphans == [], (pod_orphans, volume_orphans)
         assert all(jobs.get(j) == "RUNNING" for j in live_jobs), jobs
         assert live_pods <= set(standin.pods), (live_pods, standin.pods)
@@ -175,15 +194,17 @@ def test_kill9_of_jupyter_server_loses_nothing(tmp_path, isolated_home, monkeypa
             r = server.http.delete(f"hpcserve/api/sessions/{x['id']}")
             assert r.status_code == 200, r.text
             rest_answers.append(r.text)
-        assert until(lambda: not marked_processes(isolated_home, node_dir), 15)
+        assert until(lambda: not marked_processes(isolated_home, node_dir, e_dir), 15)
         assert until(lambda: not live_jobs & set(slurm_jobs(cluster.user)), 30)
         assert until(lambda: not standin.pods and not standin.volumes, 30), standin.pods
+        assert tapis_jobs[e_job].status == "CANCELLED"
         record("R1", sessions=len(want), lost=lost, duplicated=duplicated,
                starting_at_kill=starting,
                orphaned_processes=len(local_orphans), orphaned_jobs=len(job_orphans),
                orphaned_pods=len(pod_orphans), orphaned_volumes=len(volume_orphans),
+               orphaned_tapis_jobs=len(tapis_job_orphans),
                restart_to_rest_s=round(restart_s, 2), restart_to_true_states_s=round(settle_s, 2),
-               targets=["local", "slurm", "tapis-pods"])
+               targets=["local", "slurm", "tapis-pods", "tapis-jobs"])
         rest_answers.append(server.http.get("hpcserve/api/events/log").text)
     finally:
         for x in (states(server) if server.proc.poll() is None else []):
@@ -204,6 +225,12 @@ def test_kill9_of_jupyter_server_loses_nothing(tmp_path, isolated_home, monkeypa
     places = [p for p in isolated_home.rglob("*") if p.is_file() and p.name != MASTER_FILE]
     places += [p for p in tmp_path.glob("server-*.log")]
     places += [p for p in remote.rglob("*") if p.is_file() and p.name != "secrets.env"]
+    # The Tapis job's directory on the node: its tapisjob.sh / .env (what Tapis wrote from the
+    # job request), the engine's output; the 0600 env file with the key was read and deleted.
+    tapis_places = [p for p in e_dir.rglob("*") if p.is_file()]
+    assert {"tapisjob.sh", "tapisjob.env", "tapisjob.out"} <= {p.name for p in tapis_places}
+    assert not list(e_dir.rglob("secrets.env"))
+    places += tapis_places
     assert any(p.name == "engine.log" for p in places)
     assert any(p.name.startswith("slurm-") for p in places), list(remote.iterdir())
     hits = []

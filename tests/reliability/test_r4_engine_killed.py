@@ -56,7 +56,7 @@ def test_killed_engine_is_failed_within_one_tick(hp, victim):
                     f"{victim}_log_tail_lines": len(dead.log_tail.splitlines())})
 
 
-@pytest.mark.parametrize("kind", ["slurm", "tapis"])
+@pytest.mark.parametrize("kind", ["slurm", "tapis", "tapis-jobs"])
 def test_killed_engine_on_a_remote_target_is_failed_with_its_log(kind, request):
     """SLURM: the engine killed on the node ends the job; Tapis: the pod's process killed
     makes the pod end in error. Either way the session is failed with the engine's own log
@@ -70,6 +70,9 @@ def test_killed_engine_on_a_remote_target_is_failed_with_its_log(kind, request):
         if kind == "slurm":
             node_dir = os.path.expanduser(f"~{truth.user}/.hpcserve/sessions")
             pids = marked_processes(node_dir).get(s.id, [])
+        elif kind == "tapis-jobs":  # on the node, in the Tapis job's own directory
+            exec_dir = truth.jobs.get(s.handle["job_uuid"]).fields["execSystemExecDir"]
+            pids = marked_processes(exec_dir).get(s.id, [])
         else:
             pids = [truth.pods[s.handle["pod_id"]].process.pid]
         assert pids, "the engine process was not found"

@@ -9,6 +9,7 @@ import contextlib
 import json
 import re
 import socket
+import subprocess
 import threading
 import time
 
@@ -196,7 +197,7 @@ def test_r9_autostop_postponed_by_traffic_then_stops(tmp_path, isolated_home):
         server.stop()
 
 
-@pytest.mark.parametrize("kind", ["slurm", "tapis"])
+@pytest.mark.parametrize("kind", ["slurm", "tapis", "tapis-jobs"])
 def test_r9_autostop_really_ends_the_job_or_pod(kind, request):
     """Autostop on the remote targets: the idle session is stopped within idle timeout + one
     tick, and the target confirms the job (squeue) or the pod and its volume (the Pods API) is
@@ -219,6 +220,12 @@ def test_r9_autostop_really_ends_the_job_or_pod(kind, request):
         if kind == "slurm":
             name = s.handle["job_name"]
             gone = until(lambda: name not in slurm_jobs(truth.user), 30)
+        elif kind == "tapis-jobs":  # CANCELLED at the Jobs API, and gone from SLURM's queue
+            job = truth.jobs.get(s.handle["job_uuid"])
+            remote = job.fields["remoteJobId"]
+            gone = job.status == "CANCELLED" and until(lambda: not subprocess.run(
+                ["squeue", "--noheader", "-j", str(remote)], capture_output=True,
+                text=True).stdout.strip(), 30)
         else:
             gone = until(lambda: not truth.pods and not truth.volumes, 30)
         assert gone

@@ -1,4 +1,5 @@
-"""Local stand-in for the Tapis Pods API and token API, driven by the real ``tapipy`` client.
+"""Local stand-in for the Tapis Pods, Jobs, Apps, Systems, Files and token APIs, driven by the
+real ``tapipy`` client (jobs run for real on the test SLURM cluster).
 
 See :mod:`.server`.  Run it by hand with ``python -m tests.tapis_standin.server --port N``.
 Names are re-exported lazily so that ``python -m ...server`` does not import it twice.

@@ -1,8 +1,12 @@
-"""A local stand-in for the Tapis Pods API and the Tapis token (authenticator) API.
+"""A local stand-in for the Tapis Pods, Jobs, Apps, Systems, Files and token APIs.
 
 It is a real HTTP server (stdlib ``ThreadingHTTPServer``) on 127.0.0.1 that answers the routes
 the *real* ``tapipy`` client (25.4.0) builds from its bundled OpenAPI specs, with the Tapis
-response envelope, and it actually RUNS pods as local processes.
+response envelope.  It actually RUNS pods as local processes, and, given an execution system
+(``StandIn(exec_system=ExecSystem.from_testcluster(env))``), runs Tapis jobs for real on that
+system's SLURM over SSH: see :mod:`.jobs_api` (Jobs), :mod:`.job_request` (submit
+validation), :mod:`.apps_api` (Apps, Systems), :mod:`.files_api` (Files) and
+:mod:`.slurm_exec` (SSH, tapisjob.sh / tapisjob.env).
 
 Usage from Python (pytest fixture, see ``conftest.py``)::
 
@@ -20,8 +24,9 @@ Manual use::
 Facts it follows (checked against tapipy 25.4.0 and the pods_service sources):
 
 * Every route is declared once in :data:`ROUTES`; the contract test checks each one against
-  the bundled ``openapi_v3-*.yml`` files.  The pods spec paths have no ``/v3`` prefix; tapipy
-  adds it, so ``/pods/{pod_id}`` is served at ``/v3/pods/{pod_id}``.
+  the bundled ``openapi_v3-*.yml`` files.  The pods and jobs spec paths have no ``/v3``
+  prefix; tapipy adds it, so ``/pods/{pod_id}`` is served at ``/v3/pods/{pod_id}``.  The apps,
+  systems and files spec paths carry ``/v3`` already.
 * Responses carry ``Content-Type: application/json`` exactly (tapipy compares the whole header
   value and hands back raw bytes for anything else, ``; charset=utf-8`` included).
 * Pod states: ``REQUESTED`` -> ``SPAWNER SETUP`` -> ``CREATING`` -> ``AVAILABLE``; stop goes
@@ -71,6 +76,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from .common import JAVA_SPECS, SPEC_VERSIONS, ApiError, FileReply, Request, StreamReply
 
 __all__ = [
     "NETWORKING_DEFAULTS",
@@ -164,25 +171,27 @@ class Route:
 
     method: str
     template: str
-    spec: str | None  # "pods" | "authenticator" | "tenants" | None (stand-in only)
+    spec: str | None  # "pods" | "jobs" | "apps" | "systems" | "files" | "authenticator" |
+    #                   "tenants" | None (stand-in only)
     operation_id: str
     auth: bool = True
     success_status: int = 200
 
     @property
     def spec_path(self) -> str | None:
-        """The path as written in the bundled spec (pods spec paths carry no /v3 prefix)."""
+        """The path as written in the bundled spec (pods and jobs spec paths carry no /v3)."""
         if self.spec is None:
             return None
-        if self.spec == "pods":
+        if self.spec in ("pods", "jobs"):
             return self.template.removeprefix("/v3")
         return self.template
 
     @property
     def regex(self) -> re.Pattern[str]:
-        # `{path}` is a FastAPI `{path:path}` in the live service: it may hold slashes
+        # `{path}` is a FastAPI `{path:path}` in the live service: it may hold slashes; so do
+        # the Files `{path}` and the Jobs `{outputPath}` (tapipy puts the value in as it is)
         pattern = re.sub(r"\\{(\w+)\\}", lambda m: f"(?P<{m[1]}>" + (
-            ".+)" if m[1] == "path" else "[^/]+)"), re.escape(self.template))
+            ".+)" if m[1] in ("path", "outputPath") else "[^/]+)"), re.escape(self.template))
         return re.compile(f"^{pattern}$")
 
     @property
@@ -219,6 +228,35 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v3/pods/{pod_id}/restart", "pods", "restart_pod"),
     Route("GET", "/v3/pods/{pod_id}/logs", "pods", "get_pod_logs"),
     Route("GET", "/v3/pods/{pod_id}/credentials", "pods", "get_pod_credentials"),
+    # jobs API (spec paths without /v3, like pods)
+    Route("POST", "/v3/jobs/submit", "jobs", "submitJob"),
+    Route("GET", "/v3/jobs/list", "jobs", "getJobList"),
+    Route("GET", "/v3/jobs/search", "jobs", "getJobSearchList"),
+    Route("GET", "/v3/jobs/{jobUuid}", "jobs", "getJob"),
+    Route("GET", "/v3/jobs/{jobUuid}/status", "jobs", "getJobStatus"),
+    Route("GET", "/v3/jobs/{jobUuid}/history", "jobs", "getJobHistory"),
+    Route("POST", "/v3/jobs/{jobUuid}/cancel", "jobs", "cancelJob"),
+    Route("GET", "/v3/jobs/{jobUuid}/output/list/{outputPath}", "jobs", "getJobOutputList"),
+    Route("GET", "/v3/jobs/{jobUuid}/output/download/{outputPath}", "jobs",
+          "getJobOutputDownload"),
+    # apps API (spec paths carry /v3)
+    Route("POST", "/v3/apps", "apps", "createAppVersion", success_status=201),
+    Route("GET", "/v3/apps", "apps", "getApps"),
+    Route("GET", "/v3/apps/{appId}", "apps", "getAppLatestVersion"),
+    Route("GET", "/v3/apps/{appId}/{appVersion}", "apps", "getApp"),
+    Route("PUT", "/v3/apps/{appId}/{appVersion}", "apps", "putApp"),
+    Route("POST", "/v3/apps/{appId}/delete", "apps", "deleteApp"),
+    # systems API
+    Route("GET", "/v3/systems", "systems", "getSystems"),
+    Route("GET", "/v3/systems/{systemId}", "systems", "getSystem"),
+    # files API (what a client of Jobs needs)
+    Route("GET", "/v3/files/ops/{systemId}/{path}", "files", "listFiles"),
+    Route("POST", "/v3/files/ops/{systemId}/{path}", "files", "insert"),
+    Route("DELETE", "/v3/files/ops/{systemId}/{path}", "files", "delete"),
+    Route("POST", "/v3/files/ops/{systemId}", "files", "mkdir"),
+    Route("GET", "/v3/files/content/{systemId}/{path}", "files", "getContents"),
+    Route("GET", "/v3/files/utils/linux/{systemId}/{path}", "files", "getStatInfo"),
+    Route("POST", "/v3/files/utils/linux/{systemId}/{path}", "files", "runLinuxNativeOp"),
     # stand-in only (NOT part of any Tapis spec): where each pod's process really listens
     Route("GET", "/standin/pods", None, "standin_list_endpoints", auth=False),
     Route("GET", "/standin/pods/{pod_id}", None, "standin_get_endpoint", auth=False),
@@ -262,26 +300,6 @@ def _dir_size_mb(path: Path) -> int:
             if p.is_file():
                 total += p.stat().st_size
     return total // (1024 * 1024)
-
-
-@dataclass
-class FileReply:
-    """A non-JSON success answer: a file's bytes, sent from disk in chunks."""
-
-    path: Path
-    content_type: str
-    filename: str
-    remove_after: bool = False  # a temporary file (a directory's zip)
-
-
-class ApiError(Exception):
-    """Raised by operation handlers; rendered as a Tapis error envelope."""
-
-    def __init__(self, status: int, message: str | list[str], result: Any = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.result = result
 
 
 def _validation_error(*messages: str) -> ApiError:
@@ -511,16 +529,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(addr, _Handler)
 
 
-@dataclass
-class _Request:
-    method: str
-    path: str
-    params: dict[str, str]
-    query: dict[str, list[str]]
-    headers: Mapping[str, str]
-    raw: bytes
-    body: Any
-    claims: dict[str, Any] | None
+_Request = Request
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,6 +555,10 @@ class StandIn:
         stop_grace_seconds: SIGTERM -> SIGKILL grace when stopping a process group.
         startup_timeout: None (stay CREATING like the live service) or seconds -> ERROR.
         workdir: where volumes, pod logs and scratch dirs live (default: a temp dir).
+        exec_system: an :class:`.slurm_exec.ExecSystem` (e.g.
+            ``ExecSystem.from_testcluster(env)``): the Systems/Files/Jobs routes act on it over
+            SSH and run jobs on its SLURM.  None: those routes know no system.
+        job_poll_seconds: period of the batched ``squeue`` poll of QUEUED/RUNNING jobs.
         allowed_images: None (any image) or an allow-list, like the live image allow-list.
     """
 
@@ -574,6 +587,8 @@ class StandIn:
         rewrite_mount_paths: bool = True,
         rewrite_port_args: bool = True,
         verbose: bool = False,
+        exec_system: Any = None,
+        job_poll_seconds: float = 1.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -613,6 +628,17 @@ class StandIn:
         self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
         self.base_url: str | None = None
+        self._down = False
+
+        # Jobs, Apps, Systems and Files APIs (imported here: they import .common, not .server)
+        from .apps_api import AppsSystemsService
+        from .files_api import FilesService
+        from .jobs_api import JobsService
+
+        self.apps = AppsSystemsService(self, exec_system)
+        self.files = FilesService(self)
+        self.jobs = JobsService(self, poll_seconds=job_poll_seconds)
+        self._services = (self.jobs, self.apps, self.files)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -651,6 +677,8 @@ class StandIn:
         self._threads = []
         self._server = None
         self._kill_all_processes()
+        self.jobs.shutdown()
+        self.apps.close()
         with contextlib.suppress(Exception):
             atexit.unregister(self._kill_all_processes)
         if self._owns_workdir and self.workdir is not None:
@@ -748,6 +776,18 @@ class StandIn:
         if exit_process:
             self._terminate(pod, wait=True)
 
+    def set_down(self, down: bool = True) -> None:
+        """Down: every request is answered by closing the connection (API unreachable)."""
+        self._down = down
+
+    def calls_per_operation(self) -> dict[str | None, int]:
+        """operation_id -> number of calls received so far."""
+        with self._lock:
+            counts: dict[str | None, int] = {}
+            for c in self.calls:
+                counts[c.operation_id] = counts.get(c.operation_id, 0) + 1
+            return counts
+
     def calls_to(self, operation_id: str) -> list[CallRecord]:
         with self._lock:
             return [c for c in self.calls if c.operation_id == operation_id]
@@ -771,6 +811,9 @@ class StandIn:
 
     def _dispatch(self, h: BaseHTTPRequestHandler) -> None:
         method = h.command.upper()
+        if self._down:  # unreachable: no answer at all
+            h.close_connection = True
+            return
         split = urlsplit(h.path)
         path = split.path
         query = parse_qs(split.query)
@@ -791,12 +834,12 @@ class StandIn:
             body = self._parse_body(route, h.headers.get("Content-Type", ""), raw)
             claims = self._authenticate(h.headers.get("X-Tapis-Token")) if route.auth else None
             req = _Request(method, path, params, query, headers, raw, body, claims)
-            status, payload = getattr(self, "_op_" + route.operation_id)(req)
+            status, payload = self._handler(route)(req)
             if status is None:
                 status = route.success_status
         except ApiError as e:
             status = e.status
-            payload = self._envelope(e.result, e.message, status="error",
+            payload = self._envelope(e.result, e.message, status=e.envelope_status,
                                      version=self._version_for(route))
         except Exception as e:  # a bug in the stand-in: answer like the live catch-all
             status = 500
@@ -809,6 +852,36 @@ class StandIn:
                                          status, recorded, headers, time.time()))
         self._send(h, status, payload)
 
+    def _handler(self, route: Route) -> Callable[[Request], Any]:
+        """``_op_<operationId>`` of the stand-in itself or of the Jobs/Apps/Files services."""
+        name = "_op_" + route.operation_id
+        if route.spec in JAVA_SPECS:
+            for service in self._services:
+                if hasattr(service, name):
+                    return getattr(service, name)
+        return getattr(self, name)
+
+    def _send_stream(self, h: BaseHTTPRequestHandler, status: int, reply: StreamReply) -> None:
+        """Bytes produced by an iterator (remote files); no Content-Length -> close after."""
+        try:
+            h.send_response(status)
+            h.send_header("Content-Type", reply.content_type)
+            h.send_header("Content-Disposition", f"attachment; filename={reply.filename}")
+            if reply.length is not None:
+                h.send_header("Content-Length", str(reply.length))
+            else:
+                h.close_connection = True
+                h.send_header("Connection", "close")
+            h.end_headers()
+            for chunk in reply.chunks:
+                h.wfile.write(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            close = getattr(reply.chunks, "close", None)
+            if close is not None:
+                close()
+
     @staticmethod
     def _safe_json(raw: bytes) -> Any:
         if not raw:
@@ -820,11 +893,16 @@ class StandIn:
 
     @staticmethod
     def _version_for(route: Route | None) -> str:
+        if route is not None and route.spec in SPEC_VERSIONS:
+            return SPEC_VERSIONS[route.spec]
         if route is not None and route.spec in ("authenticator", "tenants"):
             return AUTH_VERSION
         return PODS_VERSION
 
     def _send(self, h: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
+        if isinstance(payload, StreamReply):
+            self._send_stream(h, status, payload)
+            return
         if isinstance(payload, FileReply):
             self._send_file(h, status, payload)
             return
@@ -1796,14 +1874,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="accepted user (repeatable); default: any username/password")
     parser.add_argument("--image", action="append", default=[], metavar="IMAGE=CMD",
                         help="entrypoint for an image, e.g. 'myimg=python -m http.server'")
+    parser.add_argument("--testcluster", action="store_true",
+                        help="serve Jobs/Files on the cluster of scripts/testcluster.sh")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    exec_system = None
+    if args.testcluster:
+        from .slurm_exec import ExecSystem
+
+        script = Path(__file__).resolve().parents[2] / "scripts" / "testcluster.sh"
+        out = subprocess.run(["bash", str(script), "env"], capture_output=True, text=True,
+                             check=True).stdout
+        import shlex
+
+        env = {}
+        for line in out.splitlines():
+            words = shlex.split(line)
+            if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+                key, value = words[1].split("=", 1)
+                env[key] = value
+        exec_system = ExecSystem.from_testcluster(env)
     users = dict(u.split(":", 1) for u in args.user) if args.user else None
     images = {i.split("=", 1)[0]: i.split("=", 1)[1].split() for i in args.image}
     standin = StandIn(host=args.host, port=args.port, tenant_id=args.tenant_id,
                       tenant_host=args.tenant_host, phase_seconds=args.phase_seconds,
                       token_ttl=args.token_ttl, workdir=args.workdir, users=users,
-                      images=images, verbose=args.verbose)
+                      images=images, verbose=args.verbose, exec_system=exec_system)
     base_url = standin.start()
     print(f"Tapis stand-in listening on {base_url} (tenant {args.tenant_id}); Ctrl-C to stop",
           flush=True)

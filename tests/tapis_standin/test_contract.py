@@ -44,7 +44,13 @@ SPEC_FILES = {
     "pods": "openapi_v3-pods.yml",
     "authenticator": "openapi_v3-authenticator.yml",  # POST /v3/oauth2/tokens lives here
     "tenants": "openapi_v3-tenants.yml",
+    "jobs": "openapi_v3-jobs.yml",
+    "apps": "openapi_v3-apps.yml",
+    "systems": "openapi_v3-systems.yml",
+    "files": "openapi_v3-files.yml",
 }
+#: The routes of the Java services (Jobs, Apps, Systems, Files); see test_contract_jobs.py.
+JAVA_SPECS = ("jobs", "apps", "systems", "files")
 TAPIS_ROUTES = [r for r in ROUTES if r.spec is not None]
 STANDIN_ROUTES = [r for r in ROUTES if r.spec is None]
 
@@ -295,7 +301,8 @@ def test_responses_validate_against_spec_schemas(standin: StandIn, tapis: Tapis)
     assert result["result"] == ""
     call("pods", "delete_volume", volume_id="contractvol")
 
-    assert exercised == {(r.spec, r.operation_id) for r in TAPIS_ROUTES}
+    assert exercised == {(r.spec, r.operation_id) for r in TAPIS_ROUTES
+                         if r.spec not in JAVA_SPECS}
 
 
 def test_live_shape_volume_mounts_are_outside_the_bundled_schema(standin: StandIn,

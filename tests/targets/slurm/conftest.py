@@ -6,15 +6,13 @@
 
 from __future__ import annotations
 
-import os
-import shlex
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from hpcserve_jupyter.targets.slurm.sshconfig import SSHSettings
+from testcluster_env import start_cluster
 
 REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "scripts" / "testcluster.sh"
@@ -80,26 +78,7 @@ class ClusterEnv:
         return SSHSettings(**values)  # type: ignore[arg-type]
 
 
-def _parse_exports(text: str) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for line in text.splitlines():
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-            name, value = words[1].split("=", 1)
-            env[name] = value
-    return env
-
-
 @pytest.fixture(scope="session")
 def cluster() -> ClusterEnv:
     """Start (or find running) the test cluster once per session; it is left running."""
-    if os.geteuid() != 0:
-        pytest.skip("the test cluster needs root: run `sudo scripts/testcluster.sh start` "
-                    "and the tests as root")
-    start = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True,
-                           timeout=900, check=False)
-    if start.returncode != 0:
-        pytest.fail(f"scripts/testcluster.sh start failed:\n{start.stdout}\n{start.stderr}")
-    exported = subprocess.run(["bash", str(SCRIPT), "env"], capture_output=True, text=True,
-                              timeout=60, check=True)
-    return ClusterEnv(_parse_exports(exported.stdout))
+    return ClusterEnv(start_cluster())

@@ -74,8 +74,12 @@ def test_request_quotes_every_word_and_keeps_secrets_out():
     plan = request.plan(launch_request(hostile), s, app_version="0.1.0", hf_token="hf_tok")
     body = plan.body
     args = [a["arg"] for a in body["parameterSet"]["appArgs"]]
-    # What Tapis pastes into its script's command line splits back into exactly the argv.
-    assert shlex.split(" ".join(args)) == hostile
+    # What Tapis pastes into its script's command line splits back into the argv; the word
+    # Tapis would refuse (; ` |...) travels in the env file, its placeholder in its place.
+    words = shlex.split(" ".join(args))
+    assert words == [*hostile[:2], "{HPCSERVE_ARG_2}", *hostile[3:]]
+    assert plan.secret_values["HPCSERVE_ARG_2"] == hostile[2]
+    assert not any(request.TAPIS_UNSAFE.search(a) for a in args)
     assert body["execSystemLogicalQueue"] == "rtx"
     opts = [o["arg"] for o in body["parameterSet"]["schedulerOptions"]]
     assert "--account=TG-ABC123456" in opts and "--qos=normal" in opts
@@ -96,6 +100,14 @@ def test_environment_travels_in_the_env_file_not_the_job_record():
     assert keys["HPCSERVE_TEMPLATED_ENV"] == "AT"
     assert plan.secret_values["WEIRD"] == "a$HOME `x` \\ \"q\""
     assert plan.secret_values["HF_HOME"] == "/scratch/hf"
+
+
+@pytest.mark.parametrize("word", ["a;b", "a|b", "a>b", "a<b", "a&b", "a`b", "a\nb", "a\x7fb",
+                                  "${JobUUID}", "\x85"])
+def test_words_tapis_refuses_or_rewrites_go_by_placeholder(word):
+    args, spilled = request.app_args(("x", word))
+    assert args[1]["arg"] == "'{HPCSERVE_ARG_1}'" and spilled == {"HPCSERVE_ARG_1": word}
+    assert args[0]["arg"] == "x"
 
 
 def test_request_resources_default_to_the_recipe():
@@ -139,6 +151,9 @@ def test_exit_codes_and_timeouts():
     assert states.exit_code_of({"remoteResultInfo": "n/a"}) is None
     assert states.is_timeout({"lastMessage": "The job exceeded its TIMEOUT"})
     assert not states.is_timeout({"lastMessage": "exit code 1"})
+    assert states.cancelled_outside({"condition": "SCHEDULER_CANCELLED"})
+    assert states.cancelled_outside({"lastMessage": 'ended with remote status "CANCELLED"'})
+    assert not states.cancelled_outside({"condition": "CANCELLED_BY_USER"})
     assert states.reason_of({"status": "QUEUED", "lastMessage": "queued"}) == \
         "Tapis job QUEUED: queued"
 

@@ -54,7 +54,7 @@ class TapisApi:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings.base_url!r})"
 
-    def call_on(self, resource: str, operation: str, what: str, *,
+    def call_on(self, resource: str, operation: str, what: str, /, *,
                 _secrets: tuple[str, ...] = (), **kwargs: Any) -> Any:
         """tapipy `<resource>.<operation>(**kwargs)` as plain data; `what` names it in errors,
         which never contain `_secrets` (values of the call's body) nor our credentials."""
@@ -122,7 +122,7 @@ class TapisApi:
 class PodsApi(TapisApi):
     settings: TapisPodsConfig
 
-    def call(self, operation: str, what: str, *, _secrets: tuple[str, ...] = (),
+    def call(self, operation: str, what: str, /, *, _secrets: tuple[str, ...] = (),
              **kwargs: Any) -> Any:
         """tapipy `pods.<operation>(**kwargs)` as plain data (see `call_on`)."""
         return self.call_on("pods", operation, what, _secrets=_secrets, **kwargs)

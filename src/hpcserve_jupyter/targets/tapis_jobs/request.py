@@ -29,6 +29,21 @@ JOB_DIR = "${JobWorkingDir}/jobs/${JobUUID}"
 SESSION_TAG = "hpcserve-session-"
 TOOL_TAG = "hpcserve"
 JOB_NAME_RE = re.compile(r"[^A-Za-z0-9._-]")
+# What Tapis refuses in an appArg (& > < | ; ` and control characters: 400) or rewrites in it
+# (`${...}` macros). A word holding any of these travels in the env file instead, and its
+# appArg is the placeholder {HPCSERVE_ARG_<i>} that tapisjob_app.sh swaps back.
+TAPIS_UNSAFE = re.compile(r"[&><|;`\x00-\x1f\x7f-\x9f]|\$\{")
+
+
+def app_args(argv: tuple[str, ...]) -> tuple[list[dict[str, str]], dict[str, str]]:
+    """(appArgs, env-file values): each word shell-quoted; unsafe words by placeholder."""
+    args, spilled = [], {}
+    for i, word in enumerate(argv):
+        if TAPIS_UNSAFE.search(word):
+            spilled[f"HPCSERVE_ARG_{i}"] = word
+            word = f"{{HPCSERVE_ARG_{i}}}"
+        args.append({"name": f"arg{i}", "arg": shlex.quote(word)})
+    return args, spilled
 
 
 def job_name(prefix: str, name: str, session_id: str) -> str:
@@ -106,6 +121,7 @@ def plan(req: LaunchRequest, s: TapisJobsConfig, *, app_version: str,
     if spec.gpus:
         options.append(f"--gres=gpu:{spec.gpus}")
     minutes = s.max_minutes or max(1, -(-spec.time_s // 60))
+    args, spilled = app_args(spec.argv)
     body: dict[str, Any] = {
         "name": name,
         "appId": s.app_id,
@@ -121,8 +137,7 @@ def plan(req: LaunchRequest, s: TapisJobsConfig, *, app_version: str,
         "memoryMB": s.memory_mb or spec.memory_mb,
         "tags": [TOOL_TAG, SESSION_TAG + req.session_id],
         "parameterSet": {
-            "appArgs": [{"name": f"arg{i}", "arg": shlex.quote(a)}
-                        for i, a in enumerate(spec.argv)],
+            "appArgs": args,
             "envVariables": env_vars,
             "schedulerOptions": [{"name": f"opt{i}", "arg": o} for i, o in enumerate(options)],
         },
@@ -132,5 +147,6 @@ def plan(req: LaunchRequest, s: TapisJobsConfig, *, app_version: str,
     if s.archive_system_id:
         body["archiveSystemId"] = s.archive_system_id
     extra = {"HF_TOKEN": hf_token} if hf_token else {}
-    return JobPlan(name=name, body=body, secret_values=secret_lines(req, env, extra),
+    return JobPlan(name=name, body=body,
+                   secret_values={**spilled, **secret_lines(req, env, extra)},
                    secrets=[v for v in (*req.secrets.values(), hf_token) if v])

@@ -8,8 +8,10 @@
     ARCHIVING                             -> stopping (the command ended, outputs are copied)
     FINISHED                              -> exited, code 0
     CANCELLED                             -> stopped (our cancel, or one outside hpcserve)
-    FAILED                                -> exited (timeout when the time limit ended it),
-                                             with `lastMessage` and the output's tail
+    FAILED                                -> exited (timeout when the time limit ended it,
+                                             stopped when the scheduler's job was cancelled
+                                             outside Tapis), with `lastMessage` and the
+                                             output's tail
 """
 
 from __future__ import annotations
@@ -46,6 +48,13 @@ def is_timeout(job: Mapping[str, Any]) -> bool:
     text = f"{job.get('lastMessage') or ''} {job.get('remoteResultInfo') or ''} " \
            f"{job.get('condition') or ''}"
     return bool(re.search(r"\bTIME(OUT|_?LIMIT)\b|time limit", text, re.IGNORECASE))
+
+
+def cancelled_outside(job: Mapping[str, Any]) -> bool:
+    """Whether the scheduler's job was cancelled outside Tapis (scancel): Tapis reports that
+    as FAILED, condition SCHEDULER_CANCELLED, 'ended with remote status "CANCELLED"'."""
+    return str(job.get("condition") or "") == "SCHEDULER_CANCELLED" or bool(
+        re.search(r'remote status "?CANCELLED', str(job.get("lastMessage") or "")))
 
 
 def exit_code_of(job: Mapping[str, Any]) -> int | None:

@@ -4,8 +4,10 @@
 # or a one-off job's driver) written as quoted words by hpcserve. The script:
 #   - reads the job's secrets from the 0600 file HPCSERVE_SECRETS_FILE names and deletes it
 #     (secrets never travel in the job's arguments or environment: Tapis records those);
-#   - picks a free port (or HPCSERVE_PORT) and fills the {HPCSERVE_*} placeholders of the
-#     arguments, and of the variables HPCSERVE_TEMPLATED_ENV names;
+#   - puts back the words Tapis would refuse in an argument ({HPCSERVE_ARG_<i>}, their
+#     values in the env file), picks a free port (or HPCSERVE_PORT) and fills the
+#     {HPCSERVE_*} placeholders of the arguments and of the variables HPCSERVE_TEMPLATED_ENV
+#     names;
 #   - starts the command, writes endpoint.json ({"node", "ports"}) once it listens, and
 #     exits with its exit code (also written to exit_code); SIGTERM (a cancelled job) is
 #     passed on to the command.
@@ -51,6 +53,11 @@ done
 
 ARGS=()
 for a in "$@"; do
+  # A word Tapis would refuse or rewrite travelled in the env file (HPCSERVE_ARG_<i>).
+  if [[ "$a" =~ ^\{HPCSERVE_ARG_([0-9]+)\}$ ]]; then
+    var="HPCSERVE_ARG_${BASH_REMATCH[1]}"
+    a="${!var-}"
+  fi
   fill "$a"
   ARGS+=("$FILLED")
 done

@@ -310,6 +310,8 @@ class TapisJobsTarget(Target):
         self._close_tunnels(handle)
         self._cleanup(handle)
         reason = states.reason_of(job)
+        if states.cancelled_outside(job):
+            phase, reason = Phase.STOPPED, f"cancelled outside hpcserve ({reason})"
         if phase == Phase.STOPPED:
             return TargetStatus(Phase.STOPPED, reason=reason, log_tail=self._tail(handle))
         code = states.exit_code_of(job)
