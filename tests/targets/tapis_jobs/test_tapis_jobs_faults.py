@@ -32,9 +32,9 @@ def ops(standin) -> list[str]:
 def make_hp(tapis_jobs_config):
     made: list[Hpcserve] = []
 
-    def make(**overrides) -> Hpcserve:
-        h = Hpcserve(poll_interval=0.5, target_configs={TARGET: {**tapis_jobs_config,
-                                                                 **overrides}})
+    def make(*, monitor: bool = True, **overrides) -> Hpcserve:
+        h = Hpcserve(monitor=monitor, poll_interval=0.5,
+                     target_configs={TARGET: {**tapis_jobs_config, **overrides}})
         made.append(h)
         return h
 
@@ -123,6 +123,12 @@ def test_ready_session_survives_a_slow_api_and_notices_an_outside_cancel(make_hp
     assert "did not answer" in unreachable_reason(hp, s.id)
     jobs_standin.clear_faults()
     assert until(lambda: not hp.status(s.id).unreachable, 30)
+    # The API down (connections closed, no answer): unknown again, not failed; then back.
+    jobs_standin.set_down()
+    st = until(lambda: (x := hp.status(s.id)).unreachable and x, 30)
+    assert st and st.state == State.READY
+    jobs_standin.set_down(False)
+    assert until(lambda: not hp.status(s.id).unreachable, 30)
     assert hp.prompt(s.id, "Say yes.", max_tokens=4) is not None
     # Cancelled in SLURM, outside Tapis and hpcserve: Tapis says FAILED ("remote status
     # CANCELLED"); the session is stopped, as on the SLURM target, with Tapis's message.
@@ -133,6 +139,19 @@ def test_ready_session_survives_a_slow_api_and_notices_an_outside_cancel(make_hp
     assert "cancelled outside hpcserve" in done.reason and "CANCELLED" in done.reason
     kinds = [e["kind"] for e in hp.events(s.id)]
     assert "unreachable" in kinds and "reachable" in kinds and "failed" not in kinds
+
+
+def test_one_search_call_per_tick_for_all_sessions(make_hp, jobs_standin):
+    hp = make_hp(monitor=False)  # no monitor: the ticks below are the only polls
+    ids = [hp.launch("smollm2-135m", on=TARGET, wait=False, cpus=1).id for _ in range(3)]
+    assert len({hp.status(i).handle["job_uuid"] for i in ids}) == 3
+    before = jobs_standin.calls_per_operation()
+    for _ in range(3):
+        hp.refresh()
+    after = jobs_standin.calls_per_operation()
+    searches = after.get("getJobSearchList", 0) - before.get("getJobSearchList", 0)
+    assert searches == 3  # one per tick for the 3 jobs, not one per job
+    assert after.get("getJob", 0) == before.get("getJob", 0)
 
 
 def test_secrets_stay_out_of_logs_errors_and_app_definitions(make_hp, jobs_standin, caplog):

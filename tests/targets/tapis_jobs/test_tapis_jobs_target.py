@@ -96,3 +96,17 @@ def test_batch_job_through_tapis_jobs(hp, jobs_standin, tapis_jobs_config,
     assert "input.jsonl" in targets and "hpcserve_jobrun.py" in targets
     assert all("/sessions/" + job.id + "/inputs/" in i["sourceUrl"] for i in inputs)
     assert not Path(tapis_jobs_config["storage_dir"], "sessions", job.id).exists()
+
+
+def test_direct_mode_reaches_the_node_without_ssh(tapis_jobs_config):
+    """`tunnel: direct` (Jupyter on the system itself): the node's own address, no SSH."""
+    config = {**tapis_jobs_config, "tunnel": "direct", "ssh": {"host": "unused.invalid"}}
+    h = Hpcserve(poll_interval=1.0, target_configs={TARGET: config})
+    try:
+        s = h.launch("smollm2-135m", on=TARGET, timeout=240)
+        assert s.state == State.READY, (s.reason, s.log_tail)
+        assert s.endpoints[0] == f"http://{s.handle['node']}:{s.handle['ports'][0]}"
+        assert h.prompt(s.id, "Say hi", max_tokens=8) is not None
+        assert h.stop(s.id).state == State.STOPPED
+    finally:
+        h.close()
