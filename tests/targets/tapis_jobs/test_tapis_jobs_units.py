@@ -45,6 +45,8 @@ def launch_request(argv=None, **spec_changes) -> LaunchRequest:
     ("env", {"_tapisJobUUID": "x"}), ("tunnel", "telnet"),
     ("scheduler_options", ["--partition=gpu"]), ("scheduler_options", ["-A", "x"]),
     ("python", "/opt/$(id)/python"), ("bind_host", "0.0.0.0;id"),
+    ("runtime", "DOCKER"), ("container_binds", ["scratch"]), ("container_binds", ["/a,/b"]),
+    ("container_binds", ["/a:/b:rx"]),
 ])
 def test_bad_values_are_refused_when_read(key, value):
     with pytest.raises(RecipeError) as err:
@@ -108,6 +110,20 @@ def test_words_tapis_refuses_or_rewrites_go_by_placeholder(word):
     args, spilled = request.app_args(("x", word))
     assert args[1]["arg"] == "'{HPCSERVE_ARG_1}'" and spilled == {"HPCSERVE_ARG_1": word}
     assert args[0]["arg"] == "x"
+
+
+def test_singularity_runtime_runs_the_engine_in_the_image():
+    s = settings(runtime="SINGULARITY")
+    with pytest.raises(BadInput, match="needs an image"):
+        request.plan(launch_request(image=None), s, app_version="1")
+    plan = request.plan(launch_request(image="docker://ghcr.io/x/y:1"), s, app_version="1")
+    assert plan.secret_values["HPCSERVE_CONTAINER_IMAGE"] == "docker://ghcr.io/x/y:1"
+    assert plan.secret_values["HPCSERVE_CONTAINER"] == "singularity"
+    assert "docker://" not in repr(plan.body)  # the app stays ZIP: its script runs the image
+    mine = request.plan(launch_request(), settings(runtime="SINGULARITY", image="/i/v.sif",
+                                                   container_command="apptainer"), app_version="1")
+    assert mine.secret_values["HPCSERVE_CONTAINER_IMAGE"] == "/i/v.sif"
+    assert mine.secret_values["HPCSERVE_CONTAINER"] == "apptainer"
 
 
 def test_request_resources_default_to_the_recipe():

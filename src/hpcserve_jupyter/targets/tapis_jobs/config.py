@@ -81,8 +81,14 @@ class TapisJobsConfig(TapisAuthConfig):
     app_id: str = Field(DEFAULT_APP_ID, pattern=TAPIS_ID)
     app_version: str | None = Field(None, pattern=TAPIS_ID,
                                     description="default: this package's version")
-    runtime: Literal["ZIP"] = Field("ZIP", description="the app's Tapis runtime: ZIP runs the "
-                                    "bundle's tapisjob_app.sh on the node")
+    runtime: Literal["ZIP", "SINGULARITY"] = Field(
+        "ZIP", description="ZIP: the engine runs on the node as it is; SINGULARITY: inside "
+        "`image` (the app's script runs it with `singularity exec`)")
+    image: str | None = Field(None, description="with runtime SINGULARITY: a .sif path or "
+                              "docker:// / oras:// URI; default: the recipe's image")
+    container_command: Literal["singularity", "apptainer"] = "singularity"
+    container_binds: list[str] = Field(default_factory=list,
+                                       description="src[:dest[:opts]] paths bound in")
     python: str = Field("python3", description="interpreter for Python engines on the nodes")
     env: dict[str, str] = Field(default_factory=dict)
     bind_host: str = "0.0.0.0"
@@ -126,6 +132,15 @@ class TapisJobsConfig(TapisAuthConfig):
         if not PLAIN_VALUE.fullmatch(v):
             raise ValueError(f"{v!r} must be a plain path or name (letters, digits and "
                              "_ . / + : @ % = , -): Tapis writes it into a shell file unquoted")
+        return v
+
+    @field_validator("container_binds")
+    @classmethod
+    def _binds(cls, v: list[str]) -> list[str]:
+        for bind in v:
+            if not re.fullmatch(r"/[A-Za-z0-9_./+@-]*(:/[A-Za-z0-9_./+@-]*(:(ro|rw))?)?", bind):
+                raise ValueError(f"container bind {bind!r} must be /src[:/dest[:ro|rw]] of "
+                                 "plain characters (letters, digits, _ . / + @ -)")
         return v
 
     @field_validator("storage_dir")

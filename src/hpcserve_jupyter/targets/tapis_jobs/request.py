@@ -73,6 +73,25 @@ def secrets_file(values: Mapping[str, str]) -> str:
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(values.items()))
 
 
+def container_env(s: TapisJobsConfig, spec_image: str | None, gpus: int) -> dict[str, str]:
+    """What tapisjob_app.sh needs to run the engine inside an image (runtime SINGULARITY):
+    Tapis's own SINGULARITY runtime runs an image's runscript, which cannot publish the
+    endpoint; so the app stays ZIP and execs the engine in the image."""
+    if s.runtime != "SINGULARITY":
+        return {}
+    image = s.image or spec_image
+    if not image:
+        raise BadInput("runtime SINGULARITY needs an image",
+                       hint="set image: in the target (a .sif path or docker:// URI), or use "
+                       "a recipe that names one")
+    env = {"HPCSERVE_CONTAINER": s.container_command, "HPCSERVE_CONTAINER_IMAGE": image}
+    if s.container_binds:
+        env["HPCSERVE_CONTAINER_BINDS"] = ",".join(s.container_binds)
+    if gpus:
+        env["HPCSERVE_CONTAINER_GPU"] = "1"
+    return env
+
+
 @dataclass
 class JobPlan:
     """What a launch submits; `body` lacks only what needs the system (secrets path, inputs)."""
@@ -147,6 +166,7 @@ def plan(req: LaunchRequest, s: TapisJobsConfig, *, app_version: str,
     if s.archive_system_id:
         body["archiveSystemId"] = s.archive_system_id
     extra = {"HF_TOKEN": hf_token} if hf_token else {}
+    extra.update(container_env(s, spec.image, spec.gpus))
     return JobPlan(name=name, body=body,
                    secret_values={**spilled, **secret_lines(req, env, extra)},
                    secrets=[v for v in (*req.secrets.values(), hf_token) if v])

@@ -8,7 +8,8 @@
 #     values in the env file), picks a free port (or HPCSERVE_PORT) and fills the
 #     {HPCSERVE_*} placeholders of the arguments and of the variables HPCSERVE_TEMPLATED_ENV
 #     names;
-#   - starts the command, writes endpoint.json ({"node", "ports"}) once it listens, and
+#   - starts the command (inside HPCSERVE_CONTAINER_IMAGE with `singularity exec` when
+#     set), writes endpoint.json ({"node", "ports"}) once it listens, and
 #     exits with its exit code (also written to exit_code); SIGTERM (a cancelled job) is
 #     passed on to the command.
 set -uo pipefail
@@ -67,8 +68,17 @@ if [ "${#ARGS[@]}" -eq 0 ]; then
   exit 2
 fi
 
+# runtime SINGULARITY: the command runs inside the image (GPUs with --nv).
+PREFIX=()
+if [ -n "${HPCSERVE_CONTAINER_IMAGE:-}" ]; then
+  PREFIX=("${HPCSERVE_CONTAINER:-singularity}" exec)
+  [ -n "${HPCSERVE_CONTAINER_GPU:-}" ] && PREFIX+=(--nv)
+  [ -n "${HPCSERVE_CONTAINER_BINDS:-}" ] && PREFIX+=(--bind "$HPCSERVE_CONTAINER_BINDS")
+  PREFIX+=("$HPCSERVE_CONTAINER_IMAGE")
+fi
+
 echo "hpcserve: starting on $NODE:$PORT"
-"${ARGS[@]}" &
+${PREFIX[@]+"${PREFIX[@]}"} "${ARGS[@]}" &  # (the +: an empty array under set -u, bash < 4.4)
 PID=$!
 trap 'kill -TERM "$PID" 2>/dev/null; wait "$PID"; echo 143 > "$EXEC_DIR/exit_code"; exit 143' TERM INT
 
