@@ -112,7 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _openai(self, path: str, req: dict[str, Any]) -> None:
         seen = {"model": req.get("model"), "auth": self.headers.get("Authorization"),
-                "port": self.server.server_address[1]}
+                "max_tokens": req.get("max_tokens"), "port": self.server.server_address[1]}
         if path.endswith("embeddings"):
             return self._json({"object": "list", "model": req.get("model"), "hpcserve": seen,
                                "data": [{"object": "embedding", "index": 0,

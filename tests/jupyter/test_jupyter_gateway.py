@@ -60,6 +60,34 @@ async def test_openai_sdk_streams_chat_through_the_gateway(base, ext, jp_servera
         assert emb.data[0].embedding == [0.1, 0.2, 0.3]
 
 
+async def test_answers_name_the_model_asked_for_and_the_limit_reaches_the_engine(
+        base, jp_serverapp, register, standin):
+    """Engines name their own served model; clients (LiteLLM, LangChain) expect the name they
+    sent. LangChain's `max_completion_tokens` reaches engines that know only `max_tokens`."""
+    s = register([standin.url], name="chat-a")
+    async with sdk(base, jp_serverapp) as client:
+        for asked in ("chat-a", s.id):
+            stream = await client.chat.completions.create(
+                model=asked, messages=[{"role": "user", "content": "hi"}], stream=True,
+                max_completion_tokens=5)
+            chunks = [c async for c in stream]
+            assert {c.model for c in chunks} == {asked}
+            assert "".join(c.choices[0].delta.content for c in chunks) == \
+                "Hello from the stand-in."
+            assert chunks[0].model_extra["hpcserve"]["model"] == "standin-model"  # sent on
+            assert chunks[0].model_extra["hpcserve"]["max_tokens"] == 5
+            answer = await client.chat.completions.create(
+                model=asked, messages=[{"role": "user", "content": "hi"}],
+                max_completion_tokens=3, max_tokens=7)
+            assert answer.model == asked
+            assert answer.model_extra["hpcserve"]["max_tokens"] == 7  # both: the client's own
+            assert answer.usage.total_tokens == 7  # the rest of the answer untouched
+        text = await client.completions.create(model="chat-a", prompt="x", stream=True)
+        assert {c.model async for c in text} == {"chat-a"}
+        emb = await client.embeddings.create(model="chat-a", input="x")
+        assert emb.model == "chat-a" and emb.data[0].embedding == [0.1, 0.2, 0.3]
+
+
 async def test_routing_errors_are_openai_shaped(base, jp_serverapp, register, standin):
     register([standin.url], name="one")
     register([standin.url], name="two")

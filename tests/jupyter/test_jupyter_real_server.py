@@ -132,9 +132,17 @@ def test_real_jupyter_server_end_to_end(tmp_path, isolated_home):
         stream = client.chat.completions.create(
             model=session["name"], messages=[{"role": "user", "content": "Say hello."}],
             max_tokens=16, temperature=0, stream=True)
-        sdk_deltas = [c.choices[0].delta.content for c in stream
+        chunks = list(stream)
+        sdk_deltas = [c.choices[0].delta.content for c in chunks
                       if c.choices and c.choices[0].delta.content]
         assert len(sdk_deltas) > 2
+        assert {c.model for c in chunks} == {session["name"]}  # not the engine's own name
+        # LangChain's max_completion_tokens: llama.cpp knows only max_tokens; the gateway
+        # passes it on, so the engine stops at the limit (it ignored it before: 276 tokens).
+        limited = client.chat.completions.create(
+            model=session["name"], messages=[{"role": "user", "content": "Tell a story."}],
+            max_completion_tokens=5, temperature=0)
+        assert limited.usage.completion_tokens <= 5 and limited.model == session["name"]
 
         assert server.sigterm() == 0
         # The engine outlived the server: it still answers with the session's key.

@@ -2,8 +2,9 @@
 
 `model` names the session (its name or id, or the served model name when one ready session
 serves it); the request goes to one of the session's replicas (round robin, failover, admission
-control) with the session's own API key, and the answer streams back unbuffered. Point the
-official `openai` SDK at `<server>/hpcserve/v1` with the Jupyter token as its api_key.
+control) with the session's own API key, and the answer streams back unbuffered, naming the
+model the client asked for. `max_completion_tokens` also reaches the engine as `max_tokens`.
+Point the official `openai` SDK at `<server>/hpcserve/v1` with the Jupyter token as its api_key.
 """
 
 from __future__ import annotations
@@ -116,6 +117,11 @@ class InferenceHandler(RelayMixin, GatewayHandler):
                            "not OpenAI's", detail=f"use /hpcserve/proxy/{session.id}/")
         require_ready(session)
         body["model"] = session.model  # the engine knows its own served name only
+        # The newer OpenAI name of the limit (LangChain sends it): engines that know only
+        # max_tokens (llama.cpp) ignored it; both names, one value, suit every engine.
+        limit = body.get("max_completion_tokens")
+        if limit is not None and body.get("max_tokens") is None:
+            body["max_tokens"] = limit
         content = json.dumps(body).encode()
         headers = [(k, v) for k, v in self.request.headers.get_all() if k.lower() in FORWARDED]
         headers.append(("Content-Type", "application/json"))
@@ -133,7 +139,7 @@ class InferenceHandler(RelayMixin, GatewayHandler):
             up = await self.until_gone(opening)
         except ClientGone:
             return
-        await relay(self, up, session)
+        await relay(self, up, session, rename=model)  # answered with the name asked for
 
 
 # ---------------------------------------------------------------------- per-session views

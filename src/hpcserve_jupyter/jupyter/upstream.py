@@ -30,6 +30,7 @@ from .h11client import (
     UpstreamError,
 )
 from .replicas import NoReplica, Overloaded, Replica, ReplicaGroup
+from .rewrite import ModelRenamer
 
 if TYPE_CHECKING:
     import httpx
@@ -186,18 +187,24 @@ async def open_upstream(handler: HpcserveHandler, session: Session, *, method: s
         return Upstream(group, replica, response)
 
 
-async def relay(handler: HpcserveHandler, up: Upstream, session: Session) -> None:
+async def relay(handler: HpcserveHandler, up: Upstream, session: Session,
+                rename: str | None = None) -> None:
     """Status, headers and body of the upstream answer to the client, each chunk flushed as it
     arrives (server-sent events and chunked answers pass through unbuffered). The last chunk
-    is left to `finish`, which sends it with the end of the answer in one write."""
+    is left to `finish`, which sends it with the end of the answer in one write. `rename`:
+    the model name a successful answer gives back (the gateway's; see rewrite.py)."""
     response = up.response
     flushed = False
+    renamer = None
+    if rename is not None and response.status_code == 200:
+        kind = next((v for k, v in response.multi_items() if k.lower() == "content-type"), "")
+        renamer = ModelRenamer(rename, kind)
     try:
         handler.set_status(response.status_code, reason=response.reason_phrase or "Unknown")
         seen: set[str] = set()
         for name, value in response.multi_items():
             low = name.lower()
-            if low in RESPONSE_SKIP:
+            if low in RESPONSE_SKIP or (renamer and low == "content-length"):
                 continue
             if low in seen:
                 handler.add_header(name, value)
@@ -214,14 +221,20 @@ async def relay(handler: HpcserveHandler, up: Upstream, session: Session) -> Non
         with contextlib.suppress(Exception):
             handler.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
         async for chunk in response.aiter_raw():
+            if renamer is not None:
+                chunk = renamer.feed(chunk)
+                if response.at_end:
+                    chunk += renamer.end()
             handler.write(chunk)
-            if response.at_end:
-                continue  # the loop ends; finish() sends it
+            if response.at_end or not chunk:
+                continue  # the loop ends; finish() sends it (or nothing to send yet)
             await handler.flush()
             flushed = True
             if time.monotonic() - touched > 15:
                 handler.activity(session)
                 touched = time.monotonic()
+        if renamer is not None:  # the body's end came without data (not seen by at_end)
+            handler.write(renamer.end())
     except StreamClosedError:
         return  # the client went away; closing the upstream answer stops the engine's work
     except UpstreamError as exc:
