@@ -140,7 +140,9 @@ def test_streamed_chat_through_the_gateway(served: Served) -> None:
     auth = {"Authorization": f"token {TOKEN}"}
     whole = completion(served.gateway.removesuffix("/v1"), session.name, auth).json()
     generated = whole["usage"]["completion_tokens"]
-    assert whole["model"] == session.model  # the gateway sent the engine's own name
+    # The engine got its own served name (the gateway routes the session name to it, see
+    # above); the answer names the model as the client asked for it (issue 17).
+    assert whole["model"] == session.name
     assert 1 <= generated <= 24
 
     # The raw stream: chunks with a finish_reason at the end, and no [DONE] after it.
@@ -150,6 +152,7 @@ def test_streamed_chat_through_the_gateway(served: Served) -> None:
     chunks = [json.loads(d) for d in data]
     assert "[DONE]" not in data
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert {c["model"] for c in chunks} == {session.name}
 
     # The project's client ends such a stream cleanly, with the same greedy answer.
     with Client(served.gateway, api_key=TOKEN) as client:
