@@ -37,6 +37,7 @@ from target_fixtures import (  # noqa: E402, F401
     standin,
     tapis_jobs_config,
 )
+from waiting import until  # noqa: E402, F401  (tests import it from here)
 
 __all__ = ["TOKEN", "JupyterServer", "free_port", "wait_ready"]
 FIGURES = Path(os.environ.get("HPCSERVE_RELIABILITY_OUT")
@@ -95,16 +96,6 @@ def slurm_jobs(user: str) -> dict[str, str]:
     out = subprocess.run(["squeue", "--noheader", "-u", user, "-o", "%j|%T"],
                          capture_output=True, text=True, check=True).stdout
     return dict(line.split("|", 1) for line in out.split() if "|" in line)
-
-
-def until(pred: Any, timeout: float, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    return pred()
 
 
 def remote_target(request: pytest.FixtureRequest, kind: str) -> tuple[dict[str, Any], Any]:

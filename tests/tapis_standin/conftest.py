@@ -23,13 +23,9 @@ PASSWORD = "testpass"
 
 @pytest.fixture
 def standin(tmp_path) -> Iterator[StandIn]:
-    server = StandIn(workdir=tmp_path / "standin", users={USERNAME: PASSWORD},
-                     phase_seconds=0.3, stop_grace_seconds=3.0)
-    server.start()
-    try:
+    with StandIn(workdir=tmp_path / "standin", users={USERNAME: PASSWORD},
+                 phase_seconds=0.3, stop_grace_seconds=3.0) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -68,13 +64,11 @@ def jobs_standin_on(workdir: Path, cluster_env: dict[str, str],
     work = f"standin-tests/{uuid.uuid4().hex[:12]}"
     system = ExecSystem.from_testcluster(cluster_env, job_working_dir=f"HOST_EVAL($HOME)/{work}",
                                          **limits)
-    server = StandIn(workdir=workdir, users={USERNAME: PASSWORD}, exec_system=system,
-                     job_poll_seconds=0.3, stop_grace_seconds=3.0)
-    server.start()
     try:
-        yield server
+        with StandIn(workdir=workdir, users={USERNAME: PASSWORD}, exec_system=system,
+                     job_poll_seconds=0.3, stop_grace_seconds=3.0) as server:
+            yield server
     finally:
-        server.stop()
         host = SSHHost(system)
         try:
             host.run(f"rm -rf \"$HOME\"/{shlex.quote(work)}; "

@@ -10,7 +10,6 @@ import json
 import os
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from hpcserve_jupyter.errors import HpcserveError
 from hpcserve_jupyter.jobs import JobState
 from job_inputs import chat_lines as _chat_lines
 from job_inputs import write
+from waiting import until
 
 
 def chat_lines(n: int, max_tokens: int) -> list[dict]:
@@ -42,15 +42,6 @@ def hp(cluster, tmp_path):
         with contextlib.suppress(HpcserveError):
             h.cancel_job(j.id)
     h.close()
-
-
-def until(predicate, timeout: float, step: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(step)
-    return predicate()
 
 
 def test_batch_job_runs_as_one_sbatch_job(hp, tmp_path):

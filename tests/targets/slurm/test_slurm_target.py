@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ import pytest
 from hpcserve_jupyter.api import Hpcserve
 from hpcserve_jupyter.errors import BadInput, HpcserveError
 from hpcserve_jupyter.sessions import State
+from waiting import until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.model]
 
@@ -26,16 +26,6 @@ def squeue(job_id: str) -> str:
     out = subprocess.run(["squeue", "--noheader", "--states=all", "-j", job_id, "-o", "%T"],
                          capture_output=True, text=True)
     return out.stdout.strip()
-
-
-def until(pred, timeout: float, step: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    return pred()
 
 
 @pytest.fixture

@@ -73,3 +73,12 @@ def map_error(exc: Exception, what: str, *, where: str, secrets: Iterable[str] =
         return TargetUnreachable(f"the Tapis {service} API at {where} did not answer ({what}): "
                                  f"{msg.removeprefix('Unable to make request to Tapis server. ')}")
     return HpcserveError(f"Tapis could not {what}: {msg}")
+
+
+def same_error(exc: HpcserveError, message: str) -> HpcserveError:
+    """`exc` again, as the same class (BadInput, TapisAuthError...) and hint, with `message`:
+    a failed launch re-raises what went wrong with secrets redacted and leftovers named, and
+    the front ends still map it by class (bad input, auth) as they would the original."""
+    err = type(exc).__new__(type(exc))
+    HpcserveError.__init__(err, message, hint=exc.hint)
+    return err

@@ -58,7 +58,7 @@ from . import deploy, jobfiles, states
 from .auth import secret_settings
 from .client import PodsApi
 from .config import TapisPodsConfig
-from .errors import TapisNotFound
+from .errors import TapisNotFound, same_error
 from .ids import deployment_ids
 
 log = logging.getLogger(__name__)
@@ -127,9 +127,7 @@ class TapisPodsTarget(Target):
             if leftovers:
                 msg += f" (and could not delete {leftovers}: delete it in the Tapis UI or API)"
             if not maybe:
-                err = type(exc).__new__(type(exc))  # same class (BadInput, TapisAuthError...)
-                HpcserveError.__init__(err, msg, hint=exc.hint)
-                raise err from None
+                raise same_error(exc, msg) from None
             unsure = " and ".join(f"{kind} {name}" for kind, name in
                                   (("pod", pod), *(("volume", v) for v in volumes)) if name)
             raise LaunchError(msg, hint="the Pods API did not answer or failed; try again later. "

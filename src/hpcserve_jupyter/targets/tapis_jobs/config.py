@@ -64,6 +64,11 @@ class SshAccess(BaseModel):
     use_agent: bool = True
 
 
+def job_may_set(name: str) -> bool:
+    """A shell variable name that is not one of Tapis's own (`_tapis...`)."""
+    return bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)) and not name.startswith("_tapis")
+
+
 class TapisJobsConfig(TapisAuthConfig):
     # --- where it runs
     system_id: str = Field(pattern=TAPIS_ID, description="the Tapis execution system")
@@ -156,7 +161,7 @@ class TapisJobsConfig(TapisAuthConfig):
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         for key in v:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) or key.startswith("_tapis"):
+            if not job_may_set(key):
                 raise ValueError(f"env: {key!r} is not a variable a job may set (letters, "
                                  "digits and _, not starting with a digit or _tapis)")
         return v

@@ -20,7 +20,7 @@ from typing import Any
 from ...errors import BadInput
 from ...spec import API_KEY, has_placeholder, nul_problem
 from ..base import LaunchRequest
-from .config import TapisJobsConfig
+from .config import TapisJobsConfig, job_may_set
 
 # Tapis job directories: the exec and the output directory are one, so what the engine or the
 # job driver writes there (endpoint.json, progress.json, output.jsonl, tapisjob.out) is read
@@ -118,7 +118,7 @@ def plan(req: LaunchRequest, s: TapisJobsConfig, *, app_version: str,
         raise BadInput(f"invalid session id {req.session_id!r}")
     env = {**s.env, **spec.env_dict()}
     for key in env:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) or key.startswith("_tapis"):
+        if not job_may_set(key):
             raise BadInput(f"env: {key!r} is not a variable a job may set")
     templated = sorted(k for k, v in env.items() if has_placeholder(v))
     if any(API_KEY in v for v in env.values()):

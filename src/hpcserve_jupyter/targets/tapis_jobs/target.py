@@ -53,6 +53,7 @@ from ..base import (
 from ..slurm.script import parse_endpoint
 from ..slurm.sharing import close_endpoint_tunnels, endpoint_urls
 from ..tapis.auth import secret_settings
+from ..tapis.errors import same_error
 from ..tapis.jobfiles import walk_files
 from . import app, request, states
 from .api import JobsApi
@@ -165,9 +166,7 @@ class TapisJobsTarget(Target):
                 raise LaunchError(msg, hint="the Jobs API did not answer or failed; try again "
                                   "later (a job it may have created was looked up by name and "
                                   "cancelled)") from None
-            err = type(exc).__new__(type(exc))  # same class (BadInput, TapisAuthError...)
-            HpcserveError.__init__(err, msg, hint=exc.hint)
-            raise err from None
+            raise same_error(exc, msg) from None
         uuid = str(job.get("uuid") or "")
         if not uuid:
             raise LaunchError(f"Tapis accepted job {plan.name} but gave no uuid")
