@@ -249,6 +249,7 @@ def test_kill9_of_jupyter_server_loses_nothing(tmp_path, isolated_home, monkeypa
         assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
     secret_file = remote / "secrets.env"
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert b"HF_TOKEN=" in secret_file.read_bytes()  # forwarded to the SLURM job, there only
     assert stat.S_IMODE(remote.stat().st_mode) == 0o700
     record("R7", files_scanned=len(places), rest_answers_scanned=len(rest_answers),
            secrets_checked=sorted({k.rsplit(" ", 1)[0] if k.startswith(("api key ",

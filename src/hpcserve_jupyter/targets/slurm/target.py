@@ -63,6 +63,10 @@ class SlurmConfig(BaseModel):
     key_passphrase_env: str | None = Field(
         None, description="environment variable holding the key's passphrase")
     key_passphrase_file: str | None = None
+    hf_token_env: str | None = Field(
+        "HF_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="environment variable whose value reaches the engine as HF_TOKEN (gated "
+        "models), in the job's 0600 secrets file, never its script; null: never forwarded")
     jump: str | None = Field(None, description="ProxyJump: [user@]host[:port][,...]")
     known_hosts: str | None = None
     trust_on_first_use: bool = False
@@ -177,6 +181,7 @@ class SlurmTarget(Target):
         for name, local in req.files.items():  # over SFTP, into the job's directory
             self.shell().upload(local, posixpath.join(workdir, job_file_name(name)))
         secrets = {script.secret_var(k): v for k, v in req.secrets.items()}
+        secrets.update(self.hf_token())
         self.shell().write_file(posixpath.join(workdir, "secrets.env"),
                                 script.secrets_file(secrets), mode=0o600)
         job_file = posixpath.join(workdir, "job.sh")
@@ -424,10 +429,20 @@ class SlurmTarget(Target):
         return await asyncio.to_thread(get)
 
     def secret_settings(self) -> list[SecretSetting]:
-        """The key's passphrase, when the settings name a variable for it."""
+        """The key's passphrase and the Hugging Face token, when the settings name variables
+        for them."""
         s = self.settings
-        return [SecretSetting("SSH key passphrase", s.key_passphrase_env)] \
+        found = [SecretSetting("SSH key passphrase", s.key_passphrase_env)] \
             if s.key_passphrase_env else []
+        if s.hf_token_env:
+            found.append(SecretSetting("Hugging Face token", s.hf_token_env))
+        return found
+
+    def hf_token(self) -> dict[str, str]:
+        """The Hugging Face token as the hub's clients read it (both names), when set here:
+        sourced by the job from its 0600 secrets file, like the session's API key."""
+        token = os.environ.get(self.settings.hf_token_env or "")
+        return {"HF_TOKEN": token, "HUGGING_FACE_HUB_TOKEN": token} if token else {}
 
     async def close(self) -> None:
         # The SSH connection is shared by every target of the same cluster: leave it open.
