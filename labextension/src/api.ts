@@ -205,5 +205,20 @@ export const api = {
   stop: (id: string) =>
     requestAPI<ISession>(`sessions/${encodeURIComponent(id)}`, { method: 'DELETE' }),
   keepalive: (id: string) =>
-    requestAPI<ISession>(`sessions/${encodeURIComponent(id)}/keepalive`, { method: 'POST' })
+    requestAPI<ISession>(`sessions/${encodeURIComponent(id)}/keepalive`, { method: 'POST' }),
+  useInJupyterAi: (id: string, isDefault = false) =>
+    requestAPI<IJupyterAiEntry>(`sessions/${encodeURIComponent(id)}/jupyter-ai`, {
+      method: 'POST',
+      body: JSON.stringify({ default: isDefault })
+    })
 };
+
+/** The answer of POST /hpcserve/api/sessions/{id}/jupyter-ai. */
+export interface IJupyterAiEntry {
+  session_id: string;
+  name: string;
+  model_id: string;
+  api_base: string;
+  default: boolean;
+  key_id: string;
+}

@@ -8,6 +8,7 @@ export namespace CommandIDs {
   export const copyBaseUrl = 'hpcserve:copy-base-url';
   export const copyModel = 'hpcserve:copy-model';
   export const insertCell = 'hpcserve:insert-serve-cell';
+  export const useInJupyterAi = 'hpcserve:use-in-jupyter-ai';
   export const cancelJob = 'hpcserve:cancel-job';
   export const downloadJobResults = 'hpcserve:download-job-results';
 }

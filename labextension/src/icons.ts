@@ -21,6 +21,17 @@ export const logIcon = new LabIcon({
 </svg>`
 });
 
+/** Use in Jupyter AI: a chat bubble with a spark. */
+export const jupyterAiIcon = new LabIcon({
+  name: 'hpcserve-jupyter:jupyter-ai',
+  svgstr: `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
+  <g class="jp-icon3" fill="#616161">
+    <path d="M3 4h13v9H8l-4 4v-4H3zM5 6v5h9V6z"/>
+    <path d="M19 10l.8 2.2 2.2.8-2.2.8L19 16l-.8-2.2-2.2-.8 2.2-.8z"/>
+  </g>
+</svg>`
+});
+
 /** Keepalive: a heart beat. */
 export const keepaliveIcon = new LabIcon({
   name: 'hpcserve-jupyter:keepalive',

@@ -22,7 +22,7 @@ import { addBelowIcon, copyIcon, linkIcon, stopIcon } from '@jupyterlab/ui-compo
 
 import { api, ISession, openaiBaseUrl } from './api';
 import { CommandIDs } from './commands';
-import { keepaliveIcon, logIcon, sessionsIcon } from './icons';
+import { jupyterAiIcon, keepaliveIcon, logIcon, sessionsIcon } from './icons';
 import { addJobCommands } from './jobcommands';
 import { JobsModel } from './jobs';
 import { JobsSection } from './jobsview';
@@ -111,6 +111,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
         command: CommandIDs.insertCell,
         icon: addBelowIcon,
         label: 'Insert a %%serve cell into the notebook'
+      },
+      {
+        action: 'jupyter-ai',
+        command: CommandIDs.useInJupyterAi,
+        icon: jupyterAiIcon,
+        label: 'Use in Jupyter AI (a model in Jupyternaut’s picker)'
       },
       { action: 'stop', command: CommandIDs.stop, icon: stopIcon, label: 'Stop…' }
     ];
@@ -265,6 +271,29 @@ const plugin: JupyterFrontEndPlugin<void> = {
         const s = await sessionOf(args);
         if (s) {
           copy('the model name', s.name);
+        }
+      }
+    });
+
+    commands.addCommand(CommandIDs.useInJupyterAi, {
+      label: 'Use AI Session in Jupyter AI',
+      caption:
+        'Add the session to Jupyter AI’s model picker (through the gateway, with a key ' +
+        'for this session only; removed when it stops)',
+      icon: jupyterAiIcon,
+      execute: async args => {
+        const s = await sessionOf(args);
+        if (!s) {
+          return;
+        }
+        try {
+          const done = await api.useInJupyterAi(s.id, Boolean(args.default));
+          Notification.success(
+            `${done.name} is in Jupyter AI’s model picker (${done.model_id})`,
+            { autoClose: 5000 }
+          );
+        } catch (err) {
+          notifyError(`Using ${s.name} in Jupyter AI failed`, err);
         }
       }
     });

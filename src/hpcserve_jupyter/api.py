@@ -26,6 +26,7 @@ from .prompting import Prompting, require_ready
 if TYPE_CHECKING:  # imported when first used: `import hpcserve_jupyter.api` stays fast (P5)
     from .client import Client
     from .facade import Facade, SecretField
+    from .gatewaykeys import GatewayKey
     from .jobhandle import JobHandle
     from .jobs import Job
     from .manager import SessionManager
@@ -67,6 +68,11 @@ class _LoopThread:
         if self.thread.is_alive():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=5)
+        if not self.thread.is_alive() and not self.loop.is_closed():
+            # Closed here, not by the garbage collector at exit: by then its self-pipe may be
+            # gone already ("Exception ignored in BaseEventLoop.__del__ ... Invalid file
+            # descriptor: -1" after a CLI command).
+            self.loop.close()
 
 
 class Hpcserve(Prompting):
@@ -228,6 +234,32 @@ class Hpcserve(Prompting):
         from . import jobinput
 
         return jobinput.copy_out(path, output)
+
+    # ------------------------------------------------------------------ gateway keys
+
+    def create_gateway_key(self, label: str | None = None, *,
+                           sessions: list[str] | None = None) -> GatewayKey:
+        """A key the gateway (/hpcserve/v1) accepts for `sessions` (names or ids; None: every
+        session) and no other route does; `.key` holds it, shown this once."""
+        return self.service.create_gateway_key(label, sessions)
+
+    def gateway_keys(self) -> list[GatewayKey]:
+        return self.service.gateway_keys()
+
+    def revoke_gateway_key(self, key: str) -> GatewayKey:
+        """Revoke a gateway key by id or label."""
+        return self.service.revoke_gateway_key(key)
+
+    # ------------------------------------------------------------------ Jupyter AI
+
+    def use_in_jupyter_ai(self, key: str, *, default: bool = False) -> dict[str, Any]:
+        """Refused here: Jupyter AI reaches sessions through a Jupyter server's gateway, and
+        this embedded service runs without one (the remote facade does it)."""
+        return self.service.use_in_jupyter_ai(key, api_base=None, default=default)
+
+    def drop_from_jupyter_ai(self, key: str) -> dict[str, Any]:
+        """Remove the session's Jupyter AI entry and revoke the gateway key it held."""
+        return self.service.drop_from_jupyter_ai(key)
 
     # ------------------------------------------------------------------ prompting
 

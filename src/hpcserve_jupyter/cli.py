@@ -15,9 +15,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from . import views
+from .aicli import add_ai_parser, cmd_ai
 from .cmdargs import add_launch_arguments, count_arg, launch_overrides, seconds_arg
 from .jobcli import add_job_parser, cmd_job
+from .keyscli import add_keys_parser, cmd_keys
 from .tapiscli import add_tapis_parser, cmd_tapis
+from .weightscli import add_weights_parsers, cmd_models, cmd_pull
 
 if TYPE_CHECKING:
     from .facade import Facade
@@ -81,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--interval", type=seconds_arg, default=5.0)
     add_job_parser(sub)
     add_tapis_parser(sub)
+    add_keys_parser(sub)
+    add_ai_parser(sub)
+    add_weights_parsers(sub)
     return p
 
 
@@ -302,10 +308,19 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return cmd_job(args, _api())
 
 
+def cmd_gateway_keys(args: argparse.Namespace) -> int:
+    return cmd_keys(args, _api())
+
+
+def cmd_jupyter_ai(args: argparse.Namespace) -> int:
+    return cmd_ai(args, _api())
+
+
 COMMANDS = {
     "recipes": cmd_recipes, "targets": cmd_targets, "launch": cmd_launch, "status": cmd_status,
     "logs": cmd_logs, "prompt": cmd_prompt, "chat": cmd_chat, "stop": cmd_stop,
     "keepalive": cmd_keepalive, "monitor": cmd_monitor, "job": cmd_jobs, "tapis": cmd_tapis,
+    "keys": cmd_gateway_keys, "ai": cmd_jupyter_ai, "pull": cmd_pull, "models": cmd_models,
 }
 
 if __name__ == "__main__":

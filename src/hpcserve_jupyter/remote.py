@@ -41,6 +41,7 @@ from .errors import (
 )
 from .events import Subscription, deliver
 from .facade import SecretField
+from .gatewaykeys import GatewayKey
 from .httperrors import response_error, unreachable, unreachable_on_http_error
 from .jobhandle import JobHandle
 from .jobs import Job
@@ -54,6 +55,7 @@ _KINDS: dict[str, type[HpcserveError]] = {
     "BadInput": BadInput, "NotFound": NotFound, "RecipeError": BadInput, "NotReady": NotReady,
     "InvalidTransition": NotReady, "EngineError": EngineError, "LaunchError": LaunchError,
     "TargetUnreachable": TargetUnreachable, "HpcserveError": HpcserveError,
+    "LabelTaken": BadInput,
 }
 
 
@@ -421,6 +423,31 @@ class RemoteHpcserve(Prompting):
         """The secrets a target reads from environment variables, as front ends ask for them:
         `[{"label", "env", "is_set"}]` (names only; `is_set` in the server's environment)."""
         return self._call("GET", "targets", target, "secrets")["secrets"]
+
+    # ------------------------------------------------------------------ gateway keys
+
+    def create_gateway_key(self, label: str | None = None, *,
+                           sessions: list[str] | None = None) -> GatewayKey:
+        """A key the server's gateway (/hpcserve/v1) accepts for `sessions` (names or ids;
+        None: every session) and no other route does; `.key` holds it, shown this once."""
+        body = {"label": label, "sessions": sessions}
+        return GatewayKey.from_dict(self._call("POST", "keys", json=body))
+
+    def gateway_keys(self) -> list[GatewayKey]:
+        return [GatewayKey.from_dict(k) for k in self._call("GET", "keys")["keys"]]
+
+    def revoke_gateway_key(self, key: str) -> GatewayKey:
+        """Revoke a gateway key by id or label."""
+        return GatewayKey.from_dict(self._call("DELETE", "keys", key))
+
+    # ------------------------------------------------------------------ Jupyter AI
+
+    def use_in_jupyter_ai(self, key: str, *, default: bool = False) -> dict[str, Any]:
+        """Make the session a Jupyter AI model of the server (its gateway, a scoped key)."""
+        return self._call("POST", "sessions", key, "jupyter-ai", json={"default": default})
+
+    def drop_from_jupyter_ai(self, key: str) -> dict[str, Any]:
+        return self._call("DELETE", "sessions", key, "jupyter-ai")
 
     # ------------------------------------------------------------------ prompting
 

@@ -15,8 +15,10 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInput, NotFound
+from . import jupyterai
+from .errors import BadInput, NotFound, NotReady
 from .facade import SecretField
+from .gatewaykeys import ALL, GatewayKey, GatewayKeys, check_scope
 from .jobmanager import JobLimits, JobManager
 from .jobs import Job
 from .manager import SessionManager
@@ -24,6 +26,8 @@ from .recipes import Catalog, recipe_dirs
 from .resolve import LaunchDefaults
 from .sessions import Session
 from .targets import load_target_configs
+
+AI_KEY_LABEL = "jupyter-ai:"  # + the session id: the gateway key Jupyter AI holds
 
 
 class SessionService:
@@ -33,6 +37,7 @@ class SessionService:
     def __init__(self, manager: SessionManager, job_limits: JobLimits | None = None) -> None:
         self.manager = manager
         self.job_manager = JobManager(manager, job_limits)
+        self.keys = GatewayKeys(manager.store)
 
     @classmethod
     def configured(cls, *, state_dir: Path | None = None, extra_recipe_dirs: Sequence[Path] = (),
@@ -181,6 +186,103 @@ class SessionService:
     async def job_results(self, key: str) -> Path:
         """The job's output file on this machine (fetched now while the job runs)."""
         return await self.job_manager.results(key)
+
+    # ------------------------------------------------------------------ gateway keys
+
+    def create_gateway_key(self, label: str | None = None,
+                           sessions: Sequence[str] | None = None) -> GatewayKey:
+        """A key for the OpenAI-compatible gateway only, for `sessions` (names or ids; None
+        or '*': every session). The answer holds the clear key, which is never shown again.
+
+        Each session must exist now, named by its name or full id (a typo is refused): a name
+        also covers a session launched again under it, an id that one session only."""
+        scope = check_scope([ALL] if sessions is None else list(sessions))
+        if scope != [ALL]:
+            scope = [self._scope_entry(entry) for entry in scope]
+        return self.keys.create(label, scope)
+
+    def _scope_entry(self, entry: str) -> str:
+        if not any(entry in (s.id, s.name) for s in self.manager.store.find(entry)):
+            raise NotFound(f"no session {entry!r} to scope the key to",
+                           hint="name existing sessions by name or full id (hpcserve status "
+                           "--all), or give '*' for every session")
+        return entry
+
+    def gateway_keys(self) -> list[GatewayKey]:
+        """Every gateway key (revoked ones too), never the keys themselves."""
+        return self.keys.list()
+
+    def revoke_gateway_key(self, key: str) -> GatewayKey:
+        """Revoke a gateway key by id or label: the gateway refuses it from the next request."""
+        return self.keys.revoke(key)
+
+    def check_gateway_key(self, presented: str) -> GatewayKey | None:
+        """The unrevoked gateway key `presented` is, else None (the gateway's check)."""
+        return self.keys.check(presented)
+
+    # ------------------------------------------------------------------ Jupyter AI
+
+    def use_in_jupyter_ai(self, key: str, *, api_base: str | None,
+                          default: bool = False) -> dict[str, Any]:
+        """Register a chat session as a Jupyter AI (Jupyternaut) custom model that reaches it
+        through this server's gateway (`api_base`) with a gateway key scoped to it alone: never
+        the Jupyter token, which Jupyter AI would store and show in clear text. Registering
+        again replaces the entry and its key; the entry goes when the session ends."""
+        if not api_base:
+            raise BadInput("Jupyter AI chats through the gateway of the Jupyter server running "
+                           "the hpcserve extension, and this process has none",
+                           hint="run it from a notebook of that server, or set "
+                           "HPCSERVE_SERVER_URL (and HPCSERVE_SERVER_TOKEN) for the CLI")
+        session = self.get(key)
+        if session.state.terminal or session.stop_requested:
+            raise NotReady(f"session {session.name!r} is {session.state}",
+                           hint=f"launch it again: %serve launch {session.recipe}")
+        spec = session.spec or {}
+        if session.api_flavour != "openai" or spec.get("category") not in (None, "inference"):
+            raise BadInput(f"session {session.name!r} is not a chat model "
+                           f"({spec.get('category') or session.api_flavour})",
+                           hint="Jupyter AI can chat with sessions of inference recipes")
+        self._revoke_ai_keys(session.id)
+        gkey = self.keys.create(AI_KEY_LABEL + session.id, [session.id])
+        assert gkey.key is not None
+        model = jupyterai.AiModel(
+            session_id=session.id, name=session.name, api_base=api_base.rstrip("/"),
+            api_key=gkey.key, description=f"hpcserve: {session.recipe} ({session.backend}) "
+            f"on {session.target}")
+        try:
+            jupyterai.register(model, default=default)
+        except BaseException:
+            self.keys.revoke(gkey.id)
+            raise
+        return {"session_id": session.id, "name": session.name, "model_id": model.model_id,
+                "entry_id": model.entry_id, "api_base": model.api_base, "default": default,
+                "key_id": gkey.id, "config": str(jupyterai.config_path())}
+
+    def drop_from_jupyter_ai(self, key: str) -> dict[str, Any]:
+        """Remove the session's Jupyter AI entry and revoke its gateway key."""
+        session = self.get(key)
+        removed = jupyterai.unregister(session.id)
+        revoked = self._revoke_ai_keys(session.id)
+        return {"session_id": session.id, "name": session.name,
+                "removed": bool(removed or revoked)}
+
+    def forget_ended_in_jupyter_ai(self) -> list[str]:
+        """Entries (and keys) of sessions that ended: removed. Run when sessions end."""
+        live = {s.id for s in self.sessions(live_only=True) if not s.stop_requested}
+        ended = {e["session_id"] for e in jupyterai.registered()} - live
+        ended |= {k.label[len(AI_KEY_LABEL):] for k in self.keys.list()
+                  if k.label.startswith(AI_KEY_LABEL) and not k.revoked} - live
+        for sid in sorted(ended):
+            jupyterai.unregister(sid)
+            self._revoke_ai_keys(sid)
+        return sorted(ended)
+
+    def _revoke_ai_keys(self, session_id: str) -> int:
+        mine = [k for k in self.keys.list()
+                if k.label == AI_KEY_LABEL + session_id and not k.revoked]
+        for k in mine:
+            self.keys.revoke(k.id)
+        return len(mine)
 
     # ------------------------------------------------------------------ events
 

@@ -248,3 +248,14 @@ def progress_html(session: Session, elapsed: float) -> str:
     state = badge(str(session.state), session.unreachable)
     name = html.escape(session.name)
     return f"<code>{name}</code> {state}{reason} <small>{elapsed:.1f} s</small>"
+
+
+def ai_note(done: dict[str, Any], *, removed: bool = False) -> str:
+    """What a front end says after registering (or removing) a session in Jupyter AI."""
+    if removed:
+        return (f"{done['name']}: removed from Jupyter AI" if done["removed"]
+                else f"{done['name']}: was not in Jupyter AI")
+    return (f"{done['name']}: in Jupyter AI's model picker as {done['name']!r} "
+            f"({done['model_id']} via {done['api_base']})"
+            + (", and its default model" if done["default"] else "")
+            + f"; gateway key {done['key_id']}, revoked when the session ends")

@@ -175,3 +175,32 @@ async def test_per_session_live_ready_and_model_views(jp_fetch, ext, register, s
     for view in ("live", "ready"):
         r = await jp_fetch("hpcserve", "api", "sessions", s.id, "v1", view, raise_error=False)
         assert r.code == 503 and json.loads(r.body)[view] is False
+
+
+async def test_a_stream_asking_for_usage_gets_it_when_the_engine_sends_none(
+        base, ext, jp_serverapp, register, standin):
+    """The stand-in sends no usage chunk and its /extras/tokenize (the declared tokenizer of
+    the session's backend) answers no count: the gateway asks it, then counts the deltas."""
+    s = register([standin.url], name="chat-a")
+    async with sdk(base, jp_serverapp) as client:
+        for create, kind in ((client.chat.completions.create, "chat.completion.chunk"),
+                             (client.completions.create, "text_completion")):
+            extra = ({"messages": [{"role": "user", "content": "hi"}]}
+                     if kind.startswith("chat") else {"prompt": "hi"})
+            stream = await create(model="chat-a", stream=True,
+                                  stream_options={"include_usage": True}, **extra)
+            chunks = [c async for c in stream]
+            assert [c.usage is not None for c in chunks] == [False] * 6 + [True]
+            last = chunks[-1]
+            assert last.choices == [] and last.model == "chat-a" and last.object == kind
+            assert last.id == "x" and last.created == 1  # the stream's own
+            assert (last.usage.prompt_tokens, last.usage.completion_tokens,
+                    last.usage.total_tokens) == (0, 6, 6)
+        asked = [x for x in standin.seen if x["path"] == "/extras/tokenize"]
+        assert asked and {x["headers"]["Authorization"] for x in asked} == {
+            f"Bearer {ext.manager.api_key(s)}"}
+        # no usage asked for: nothing added, no tokenizer asked
+        stream = await client.chat.completions.create(
+            model="chat-a", messages=[{"role": "user", "content": "hi"}], stream=True)
+        assert [c.usage for c in [c async for c in stream]] == [None] * 6
+        assert [x for x in standin.seen if x["path"] == "/extras/tokenize"] == asked

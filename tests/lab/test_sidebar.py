@@ -187,6 +187,15 @@ def _run(page, lab: LabServer, artifacts: Path, expect) -> None:
     row.locator("button[data-action=keepalive]").click()
     expect(page.locator(".Toastify__toast").filter(has_text="idle timer reset")).to_be_visible()
 
+    # -- "Use in Jupyter AI": the session in Jupyternaut's model picker (its own config API)
+    row.locator("button[data-action=jupyter-ai]").click()
+    expect(page.locator(".Toastify__toast").filter(has_text="Jupyter AI")).to_be_visible()
+    if lab.http.get("api/jupyternaut/config").status_code == 200:  # jupyter-ai installed
+        ai_models = lab.http.get("api/jupyternaut/config").json()["custom_models"]
+        assert [m["model_id"] for m in ai_models] == [f"hosted_vllm/{session['name']}"]
+    else:
+        assert (lab.tmp / "data" / "jupyter_ai" / "config.json").is_file()
+
     # -- the log panel follows the engine's log
     row.locator("button[data-action=logs]").click()
     log_text = page.locator(".jp-hpcserve-logs-text")

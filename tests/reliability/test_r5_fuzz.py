@@ -331,6 +331,9 @@ def test_cli_exits_0_1_2_with_a_message_never_a_traceback(
     from a stdin holding one line; launches end at once (see the module docstring)."""
     monkeypatch.setattr(cli, "time", _Interrupted)
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n\n" * 1000))
+    # `hpcserve pull` of a built-in recipe: a hub that refuses at once, never a real download
+    # (pull reads HF_ENDPOINT on each call) on a machine with internet.
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
 
     @fuzz(300)
     @given(data=st.data())

@@ -178,12 +178,17 @@ def test_launch_chat_logs_stop_through_the_panel(panel, hp):
     row.keepalive_button.click()
     assert "idle timer reset" in panel.status.value
 
+    # Jupyter AI needs a server's gateway: this embedded facade has none, and says so
+    assert not row.ai_button.disabled
+    row.ai_button.click()
+    assert "Jupyter server" in panel.status.value and "HPCSERVE_SERVER_URL" in panel.status.value
+
     row.stop_button.click()
     assert row.stop_button.disabled
     panel.join(60)
     assert panel.wait_for(lambda p: p.state_of(sid) == "stopped", 10)
     assert "hpcserve-stopped" in row.state.value
-    assert row.keepalive_button.disabled and row.prompt_button.disabled
+    assert row.keepalive_button.disabled and row.prompt_button.disabled and row.ai_button.disabled
     assert panel.chat_session.options == ()
 
 

@@ -27,6 +27,28 @@ class Context:
         return dict(self.recipe.engine_args.get(backend, {}))
 
 
+@dataclass(frozen=True)
+class TokenRoute:
+    """One engine route that counts tokens: POST `path` with {`field`: what to count} (and the
+    served model name when `model`); the count is the reply's `answer` key, an int or a list whose
+    length it is ("" for the reply itself)."""
+
+    path: str
+    field: str
+    answer: str = "tokens"
+    model: bool = True
+
+
+@dataclass(frozen=True)
+class TokenCounter:
+    """How to count tokens with the engine's own tokenizer, for the usage chunk the gateway adds
+    to a stream that asked for one when the engine sends none (jupyter/usage.py): `text` counts
+    a string, `chat` (when the engine has it) chat messages through the engine's chat template."""
+
+    text: TokenRoute
+    chat: TokenRoute | None = None
+
+
 class Backend:
     """One serving engine. Subclasses set the class attributes and implement `argv`.
 
@@ -54,6 +76,9 @@ class Backend:
     # by default (measured against the generic runner: benchmarks/p_jobs_vllm.py).
     batch_urls: ClassVar[frozenset[str]] = frozenset()
     batch_runner_default: ClassVar[bool] = False
+    # The engine's tokenizer over HTTP, or None when it has none (the gateway then counts the
+    # content deltas of a stream; see jupyter/usage.py).
+    token_counter: ClassVar[TokenCounter | None] = None
 
     def argv(self, ctx: Context) -> list[str]:
         raise NotImplementedError

@@ -9,7 +9,7 @@ the command line. It has no /health route; /v1/models answers once the model is 
 from __future__ import annotations
 
 from ..spec import HOST, PORT, PYTHON, MultiNode
-from .base import Backend, Context
+from .base import Backend, Context, TokenCounter, TokenRoute
 
 
 class LlamaCpp(Backend):
@@ -21,6 +21,9 @@ class LlamaCpp(Backend):
     api_key_env = "API_KEY"
     supports_api_key = True
     bool_values = True
+    # Its streams carry no usage; POST /extras/tokenize {"input"} -> {"tokens"} (app.py of
+    # 0.3.36; /tokenize is 404). It cannot apply its chat template over HTTP.
+    token_counter = TokenCounter(TokenRoute("/extras/tokenize", "input"))
 
     def argv(self, ctx: Context) -> list[str]:
         args = {

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..spec import API_KEY, DIST_PORT, HEAD_ADDR, HOST, NNODES, NODE_RANK, PORT, PYTHON, MultiNode
-from .base import Backend, Context
+from .base import Backend, Context, TokenCounter, TokenRoute
 
 
 class SGLang(Backend):
@@ -27,6 +27,8 @@ class SGLang(Backend):
     multinode = MultiNode("per-node", node_args=(
         "--nnodes", NNODES, "--node-rank", NODE_RANK, "--dist-init-addr",
         f"{HEAD_ADDR}:{DIST_PORT}"), note="how SGLang spans nodes")
+    # POST /v1/tokenize {"prompt"} -> {"tokens", "count", ...} (serving_tokenize.py); text only.
+    token_counter = TokenCounter(TokenRoute("/v1/tokenize", "prompt", "count"))
 
     def argv(self, ctx: Context) -> list[str]:
         # An embedding recipe needs the causal LM served as an embedding model; engine_args can

@@ -12,7 +12,7 @@ no pipeline parallelism and no multi-node mode. GET /health is the router's heal
 from __future__ import annotations
 
 from ..spec import HOST, PORT, MultiNode
-from .base import Backend, Context
+from .base import Backend, Context, TokenCounter, TokenRoute
 
 
 class TGI(Backend):
@@ -23,6 +23,11 @@ class TGI(Backend):
     multinode = MultiNode("none")  # the launcher shards over one node's GPUs only
     api_key_env = "API_KEY"
     supports_api_key = True
+    # The router's POST /tokenize {"inputs"} answers a list of tokens; POST /chat_tokenize a
+    # chat request through its template -> {"tokenize_response": [...], "templated_text"}.
+    token_counter = TokenCounter(TokenRoute("/tokenize", "inputs", "", model=False),
+                                 chat=TokenRoute("/chat_tokenize", "messages",
+                                                 "tokenize_response"))
 
     def argv(self, ctx: Context) -> list[str]:
         argv = [

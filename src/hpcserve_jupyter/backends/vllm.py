@@ -9,7 +9,7 @@ against vLLM's engine arguments docs (--tensor-parallel-size, --pipeline-paralle
 from __future__ import annotations
 
 from ..spec import BATCH_INPUT, BATCH_OUTPUT, HOST, PORT, PYTHON, MultiNode
-from .base import Backend, Context
+from .base import Backend, Context, TokenCounter, TokenRoute
 
 
 class VLLM(Backend):
@@ -22,6 +22,9 @@ class VLLM(Backend):
     # Across nodes vLLM runs its workers on a Ray cluster: the target starts one, then vLLM on
     # its head (--distributed-executor-backend ray below).
     multinode = MultiNode("ray", note="vLLM spans nodes over Ray")
+    # POST /tokenize takes {"prompt"} or {"messages"} (its chat template) -> {"count", ...}.
+    token_counter = TokenCounter(TokenRoute("/tokenize", "prompt", "count"),
+                                 chat=TokenRoute("/tokenize", "messages", "count"))
 
     def argv(self, ctx: Context) -> list[str]:
         argv = [

@@ -189,6 +189,24 @@ class HpcserveApp(ExtensionApp):
         await self.service.start()
         live = self.service.sessions(live_only=True)
         self.log.info("hpcserve: monitoring %d live session(s)", len(live))
+        self._forget_ended_ai()
+        self._ai_follower = asyncio.ensure_future(self._follow_ends())
+
+    async def _follow_ends(self) -> None:
+        """When a session ends (here or in another process sharing the state), its Jupyter AI
+        entry goes and its gateway key is revoked: checked every few seconds, a file read and
+        two queries (not an event subscriber: those are for clients, which may come and go)."""
+        while True:
+            await asyncio.sleep(max(2.0, self.poll_interval))
+            self._forget_ended_ai()
+
+    def _forget_ended_ai(self) -> None:
+        try:
+            if gone := self.service.forget_ended_in_jupyter_ai():
+                self.log.info("hpcserve: removed %d ended session(s) from Jupyter AI",
+                              len(gone))
+        except Exception as exc:  # a broken settings file must not stop the follower
+            self.log.warning("hpcserve: could not update Jupyter AI's settings: %s", exc)
 
     async def stop_extension(self) -> None:
         """Leave every session running: stop monitoring and release connections only."""
@@ -208,6 +226,8 @@ class HpcserveApp(ExtensionApp):
             self._lookup = None
         if self._started is not None and not self._started.done():
             self._started.cancel()
+        if getattr(self, "_ai_follower", None) is not None:
+            self._ai_follower.cancel()
         await self.service.close()
 
     # ------------------------------------------------------------------ shared by handlers

@@ -7,11 +7,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
+from ..gatewaykeys import LABEL_PATTERN
 from ..recipes import untextual
 from ..sessions import NAME_PATTERN
 
 PATH_MAX = 4096  # Linux's PATH_MAX: a longer path is refused by every file call (ENAMETOOLONG)
 NAME_MAX = 255  # bytes in one path component
+
+
+def _scope_schema(schema: dict[str, Any]) -> None:
+    """A key's scope: ["*"], or existing sessions' names or ids, or null (every session)."""
+    schema.clear()
+    schema.update({"description": "names or ids of existing sessions the key may use; null or "
+                   "[\"*\"]: every session", "anyOf": [
+                       {"type": "array", "minItems": 1, "maxItems": 1,
+                        "items": {"type": "string", "enum": ["*"]}},
+                       {"type": "array", "minItems": 1,
+                        "items": {"type": "string", "pattern": NAME_PATTERN}},
+                       {"type": "null"}]})
 
 
 class SecretsBody(RootModel[dict[str, str]]):
@@ -92,3 +105,23 @@ class JobBody(BaseModel):
         if any(len(part.encode()) > NAME_MAX for part in v.split("/")):
             raise ValueError(f"a path component is longer than {NAME_MAX} bytes")
         return v
+
+
+class KeyBody(BaseModel):
+    """The body of POST /hpcserve/api/keys: a gateway key (accepted by /hpcserve/v1 only)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Both fields are checked by the key store and the service, as for every front end; the
+    # schema says exactly what they accept.
+    label: str | None = Field(None, description="a name to recognise the key by (unique among "
+                              "unrevoked keys); default: key-N",
+                              json_schema_extra={"pattern": LABEL_PATTERN})
+    sessions: list[str] | None = Field(None, json_schema_extra=_scope_schema)
+
+
+class JupyterAiBody(BaseModel):
+    """The body of POST /hpcserve/api/sessions/{id}/jupyter-ai (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+    default: bool = Field(False, strict=True,
+                          description="also make the session Jupyter AI's default chat model")

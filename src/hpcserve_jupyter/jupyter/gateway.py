@@ -3,13 +3,16 @@
 `model` names the session (its name or id, or the served model name when one ready session
 serves it); the request goes to one of the session's replicas (round robin, failover, admission
 control) with the session's own API key, and the answer streams back unbuffered, naming the
-model the client asked for. `max_completion_tokens` also reaches the engine as `max_tokens`.
-Point the official `openai` SDK at `<server>/hpcserve/v1` with the Jupyter token as its api_key.
+model the client asked for. `max_completion_tokens` also reaches the engine as `max_tokens`;
+a stream asking for usage gets its usage chunk even from an engine that sends none (usage.py).
+Point the official `openai` SDK at `<server>/hpcserve/v1` with the Jupyter token as its api_key,
+or a gateway key (gatewayauth.py), which reaches only the sessions of its scope.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from typing import Any
 
@@ -17,13 +20,26 @@ import httpx
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
+from ..backends import get_backend
+from ..backends.base import TokenCounter
 from ..sessions import Session, State
 from .base import ApiError, ClientGone, HpcserveHandler, RelayMixin, error_body
+from .gatewayauth import GatewayKeyAuth
 from .upstream import ACTIVITY_DELAY, open_upstream, relay, require_ready
+from .usage import StreamUsage, engine_post, wanted
 
 # The client headers the gateway passes on (the rest, credentials included, stay here).
 FORWARDED = frozenset({"accept", "user-agent", "openai-organization",
                        "openai-project"})
+
+
+@functools.cache
+def token_counter(backend: str) -> TokenCounter | None:
+    """The session's engine's tokenizer declaration (None for an unknown backend)."""
+    try:
+        return get_backend(backend).token_counter
+    except Exception:  # a backend plugin gone since the launch: count without it
+        return None
 
 
 def model_card(s: Session) -> dict[str, Any]:
@@ -53,7 +69,7 @@ def route(sessions: list[Session], model: str) -> Session:
                    else "launch one first (POST /hpcserve/api/sessions)")
 
 
-class GatewayHandler(HpcserveHandler):
+class GatewayHandler(GatewayKeyAuth, HpcserveHandler):
     """Errors in the OpenAI shape, so SDKs show the message: {"error": {"message", ...}}."""
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
@@ -74,7 +90,7 @@ class ModelsHandler(GatewayHandler):
     @authorized
     async def get(self) -> None:
         await self.service()  # started
-        ready = [s for s in self.ext.lookup().live()
+        ready = [s for s in self.allowed(self.ext.lookup().live())
                  if s.state == State.READY and s.api_flavour == "openai"]
         self.write_json({"object": "list", "data": [model_card(s) for s in ready]})
 
@@ -84,7 +100,7 @@ class ModelHandler(GatewayHandler):
     @authorized
     async def get(self, model: str) -> None:
         await self.service()  # started
-        self.write_json(model_card(route(self.ext.lookup().live(), model)))
+        self.write_json(model_card(route(self.allowed(self.ext.lookup().live(), model), model)))
 
 
 class InferenceHandler(RelayMixin, GatewayHandler):
@@ -111,7 +127,7 @@ class InferenceHandler(RelayMixin, GatewayHandler):
             raise ApiError(400, "the 'model' field must name a session",
                            detail="GET /hpcserve/v1/models lists them")
         svc = await self.service()
-        session = route(self.ext.lookup().live(), model)
+        session = route(self.allowed(self.ext.lookup().live(), model), model)
         if session.api_flavour != "openai":
             raise ApiError(400, f"session {session.name} serves the {session.api_flavour} API, "
                            "not OpenAI's", detail=f"use /hpcserve/proxy/{session.id}/")
@@ -139,7 +155,12 @@ class InferenceHandler(RelayMixin, GatewayHandler):
             up = await self.until_gone(opening)
         except ClientGone:
             return
-        await relay(self, up, session, rename=model)  # answered with the name asked for
+        usage = None
+        if wanted(body):  # the usage chunk, added when the engine sends none (usage.py)
+            url = up.replica.url
+            usage = StreamUsage(body, model, token_counter(session.backend), engine_post(
+                self.ext.client(), url, svc.api_key(session)), engine=f"{session.id} {url}")
+        await relay(self, up, session, rename=model, usage=usage)  # named as asked for
 
 
 # ---------------------------------------------------------------------- per-session views

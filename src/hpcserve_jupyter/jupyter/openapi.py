@@ -10,7 +10,7 @@ from typing import Any
 
 from .._version import __version__
 from .base import INT64_MAX
-from .bodies import JobBody, LaunchBody
+from .bodies import JobBody, JupyterAiBody, KeyBody, LaunchBody
 
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
@@ -62,7 +62,8 @@ TARGET = _param("name", "path", "target name", {"type": "string", "example": "lo
 _DENIED = ("not authenticated or not authorized (Jupyter's token, cookie or identity "
            "provider)")
 DENIED = {"403": _error(_DENIED)}
-GW_DENIED = {"403": _gw_error(_DENIED)}
+GW_DENIED = {"403": _gw_error(_DENIED + ", or a gateway key whose scope lacks the session"),
+             "401": _gw_error("a gateway key (hsk_...) that was revoked or never issued")}
 NO_SESSION = {"404": _error("no such session")}
 NO_JOB = {"404": _error("no such job"),
           "400": _error("the name matches several live jobs (use the id), or a bad query "
@@ -169,7 +170,83 @@ def _schemas() -> dict[str, Any]:
                       "or the served model name when one ready session serves it"},
             "stream": {"type": "boolean"}}, "additionalProperties": True},
         "Probe": {"type": "object", "additionalProperties": True},
+        "KeyRequest": _key_request(),
+        "GatewayKey": {"type": "object", "description": "a gateway key as listed (never the "
+                       "key itself)", "properties": {
+            "id": {"type": "string"}, "label": {"type": "string"},
+            "scope": {"type": "array", "items": {"type": "string"},
+                      "description": "session names or ids, or [\"*\"]: every session"},
+            "prefix": {"type": "string", "description": "the key's first characters, to "
+                       "recognise it"},
+            "created_at": {"type": "number"},
+            "last_used_at": {"type": "number", "nullable": True,
+                             "description": "updated at most once a minute"},
+            "revoked_at": {"type": "number", "nullable": True}}},
+        "NewGatewayKey": {"allOf": [_ref("GatewayKey"), {"type": "object", "properties": {
+            "key": {"type": "string", "description": "the key: shown in this answer only"}}}]},
+        "GatewayKeyList": {"type": "object", "properties": {
+            "keys": {"type": "array", "items": _ref("GatewayKey")}}},
     }
+
+
+def _key_request() -> dict[str, Any]:
+    schema = KeyBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("title", None)
+    schema["example"] = {"label": "jupyter-ai", "sessions": ["smollm2-135m-1"]}
+    return schema
+
+
+def _key_paths(api: str) -> dict[str, Any]:
+    key = _param("id", "path", "key id or label")
+    tags = ("keys",)
+    return {
+        f"{api}/keys": {
+            "get": _op("Gateway keys (revoked ones too; never the keys themselves)",
+                       {"200": _json(_ref("GatewayKeyList"))}, tags=tags),
+            "post": _op("Create a gateway key: accepted by /hpcserve/v1 only", {
+                "201": _json(_ref("NewGatewayKey"), "created; `key` is never shown again"),
+                "400": _error("bad body, label or scope"),
+                "404": _error("a session of the scope does not exist"),
+                "409": _error("an unrevoked key has this label already")},
+                body={"required": True, "content": {JSON: {"schema": _ref("KeyRequest")}}},
+                tags=tags, operation_id="createGatewayKey",
+                description="A gateway key authenticates to the OpenAI-compatible gateway "
+                "(`Authorization: Bearer <key>`) for the sessions of its scope, and to no "
+                "other route: give it to tools that keep keys in clear text instead of the "
+                "Jupyter token.")},
+        f"{api}/keys/{{id}}": {"delete": _op(
+            "Revoke a gateway key (a revoked key: no-op)", {
+                "200": _json(_ref("GatewayKey"), "the revoked key"),
+                "404": _error("no such key")}, params=[key], tags=tags,
+            operation_id="revokeGatewayKey")},
+    }
+
+
+def _jupyter_ai_paths(api: str) -> dict[str, Any]:
+    body = JupyterAiBody.model_json_schema()
+    body.pop("title", None)
+    entry = {"type": "object", "properties": {
+        "session_id": {"type": "string"}, "name": {"type": "string"},
+        "model_id": {"type": "string", "example": "hosted_vllm/smollm2-135m-1"},
+        "entry_id": {"type": "string"}, "api_base": {"type": "string"},
+        "default": {"type": "boolean"}, "key_id": {"type": "string"},
+        "config": {"type": "string", "description": "Jupyter AI's settings file"}}}
+    return {f"{api}/sessions/{{id}}/jupyter-ai": {
+        "post": _op("Use the session in Jupyter AI", {
+            "200": _json(entry, "registered (again: the entry and its key replaced)"),
+            "400": _error("bad body, not a chat session, or Jupyter AI's settings file is "
+                          "broken"), "409": _error("the session has ended (or is stopping)"),
+            **NO_SESSION},
+            params=[ID], body={"required": False, "content": {JSON: {"schema": body}}},
+            operation_id="useInJupyterAi",
+            description="Adds the session to Jupyternaut's custom models (its settings file "
+            "in the Jupyter data dir), chatting through this server's gateway with a gateway "
+            "key scoped to the session; removed, and the key revoked, when the session ends."),
+        "delete": _op("Remove the session from Jupyter AI (and revoke its key)", {
+            "200": _json({"type": "object", "properties": {
+                "session_id": {"type": "string"}, "name": {"type": "string"},
+                "removed": {"type": "boolean"}}}), **NO_SESSION},
+            params=[ID], operation_id="dropFromJupyterAi")}}
 
 
 def _job_schema() -> dict[str, Any]:
@@ -376,6 +453,8 @@ def _paths() -> dict[str, Any]:
             "What the session serves (and the engine's /v1/models)",
             {"200": _json(_ref("Probe")), **NO_SESSION}, params=[ID], tags=("gateway",))},
         **_job_paths(api),
+        **_key_paths(api),
+        **_jupyter_ai_paths(api),
         f"{api}/refresh": {"post": _op("One monitor pass now; the live sessions", {
             "200": _json(_ref("SessionList"))})},
         f"{api}/events": {"get": _op(
@@ -407,6 +486,12 @@ def _paths() -> dict[str, Any]:
 
 
 def document(base_url: str = "/") -> dict[str, Any]:
+    paths = _paths()
+    for path, item in paths.items():  # the gateway also takes gateway keys
+        if path.startswith("/hpcserve/v1/"):
+            for op in item.values():
+                op["security"] = [{"jupyterToken": []}, {"jupyterBearer": []},
+                                  {"gatewayKey": []}]
     return {
         "openapi": "3.0.3",
         "info": {"title": "hpcserve-jupyter", "version": __version__,
@@ -416,12 +501,15 @@ def document(base_url: str = "/") -> dict[str, Any]:
                  "login cookie with the X-XSRFToken header."},
         "servers": [{"url": base_url.rstrip("/") or "/"}],
         "security": [{"jupyterToken": []}, {"jupyterBearer": []}],
-        "paths": _paths(),
+        "paths": paths,
         "components": {
             "schemas": _schemas(),
             "securitySchemes": {
                 "jupyterToken": {"type": "apiKey", "in": "header", "name": "Authorization",
                                  "description": "`token <Jupyter token>`"},
                 "jupyterBearer": {"type": "http", "scheme": "bearer",
-                                  "description": "the Jupyter token as a bearer token"}}},
+                                  "description": "the Jupyter token as a bearer token"},
+                "gatewayKey": {"type": "http", "scheme": "bearer",
+                               "description": "a gateway key (`hsk_...`, POST "
+                               "/hpcserve/api/keys): /hpcserve/v1 only, for its sessions"}}},
     }

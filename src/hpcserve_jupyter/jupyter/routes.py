@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import gateway, handlers, job_handlers, proxy
+from . import ai_handlers, gateway, handlers, job_handlers, key_handlers, proxy
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ ROUTES: list[Route] = [
     Route(f"{API}/sessions/{{id}}", handlers.SessionHandler),
     Route(f"{API}/sessions/{{id}}/keepalive", handlers.KeepaliveHandler),
     Route(f"{API}/sessions/{{id}}/logs", handlers.LogsHandler),
+    Route(f"{API}/sessions/{{id}}/jupyter-ai", ai_handlers.JupyterAiHandler),
     Route(f"{API}/sessions/{{id}}/v1/live", gateway.LiveHandler),
     Route(f"{API}/sessions/{{id}}/v1/ready", gateway.ReadyHandler),
     Route(f"{API}/sessions/{{id}}/v1/model", gateway.ModelInfoHandler),
@@ -50,6 +51,8 @@ ROUTES: list[Route] = [
     Route(f"{API}/jobs/{{id}}", job_handlers.JobHandler),
     Route(f"{API}/jobs/{{id}}/results", job_handlers.JobResultsHandler),
     Route(f"{API}/jobs/{{id}}/logs", job_handlers.JobLogsHandler),
+    Route(f"{API}/keys", key_handlers.KeysHandler),
+    Route(f"{API}/keys/{{id}}", key_handlers.KeyHandler),
     Route(f"{API}/refresh", handlers.RefreshHandler),
     Route(f"{API}/events", handlers.EventsHandler),
     Route(f"{API}/events/log", handlers.EventLogHandler),

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import httpx
 
     from ..sessions import Session
+    from .usage import StreamUsage
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                         "proxy-connection", "te", "trailer", "trailers", "transfer-encoding",
@@ -188,17 +189,19 @@ async def open_upstream(handler: HpcserveHandler, session: Session, *, method: s
 
 
 async def relay(handler: HpcserveHandler, up: Upstream, session: Session,
-                rename: str | None = None) -> None:
+                rename: str | None = None, usage: StreamUsage | None = None) -> None:
     """Status, headers and body of the upstream answer to the client, each chunk flushed as it
     arrives (server-sent events and chunked answers pass through unbuffered). The last chunk
     is left to `finish`, which sends it with the end of the answer in one write. `rename`:
-    the model name a successful answer gives back (the gateway's; see rewrite.py)."""
+    the model name a successful answer gives back (the gateway's; see rewrite.py); `usage`:
+    the usage chunk a stream asked for, added before its end when the engine sent none
+    (usage.py), after the last content has been flushed."""
     response = up.response
     flushed = False
     renamer = None
     if rename is not None and response.status_code == 200:
         kind = next((v for k, v in response.multi_items() if k.lower() == "content-type"), "")
-        renamer = ModelRenamer(rename, kind)
+        renamer = ModelRenamer(rename, kind, usage)
     try:
         handler.set_status(response.status_code, reason=response.reason_phrase or "Unknown")
         seen: set[str] = set()
@@ -226,7 +229,7 @@ async def relay(handler: HpcserveHandler, up: Upstream, session: Session,
                 if response.at_end:
                     chunk += renamer.end()
             handler.write(chunk)
-            if response.at_end or not chunk:
+            if (response.at_end and not (renamer and renamer.usage_due)) or not chunk:
                 continue  # the loop ends; finish() sends it (or nothing to send yet)
             await handler.flush()
             flushed = True
@@ -235,6 +238,8 @@ async def relay(handler: HpcserveHandler, up: Upstream, session: Session,
                 touched = time.monotonic()
         if renamer is not None:  # the body's end came without data (not seen by at_end)
             handler.write(renamer.end())
+            if renamer.usage_due and renamer.usage is not None:
+                handler.write(renamer.closing(await renamer.usage.chunk()))
     except StreamClosedError:
         return  # the client went away; closing the upstream answer stops the engine's work
     except UpstreamError as exc:

@@ -111,6 +111,13 @@ def build_line_parser() -> UsageParser:
     sub.add_parser("models", help="the models a session serves").add_argument("id", nargs="?")
     sub.add_parser("panel", help="the control panel (widgets)")
 
+    ai = sub.add_parser("ai", help="use a chat session in Jupyter AI (Jupyternaut)")
+    ai.add_argument("id", nargs="?")
+    how = ai.add_mutually_exclusive_group()
+    how.add_argument("--default", action="store_true",
+                     help="also the model Jupyternaut uses when none is picked")
+    how.add_argument("--remove", action="store_true", help="remove it from Jupyter AI")
+
     b = sub.add_parser("bench", help="load-test a ready session (report + evaluation files)")
     b.add_argument("id", nargs="?")
     b.add_argument("--requests", "-n", type=int, default=20)
@@ -248,7 +255,7 @@ class HpcserveMagics(Magics):
             "launch": self.cmd_launch, "wait": self.cmd_wait, "status": self.cmd_status,
             "logs": self.cmd_logs, "stop": self.cmd_stop, "keepalive": self.cmd_keepalive,
             "use": self.cmd_use, "models": self.cmd_models, "panel": self.cmd_panel,
-            "bench": self.cmd_bench, "job": JobCommands(self),
+            "bench": self.cmd_bench, "job": JobCommands(self), "ai": self.cmd_ai,
         }
 
     @property
@@ -377,6 +384,12 @@ class HpcserveMagics(Magics):
         models = self.facade.models(self._key(args.id))
         return views.Table([{"model": m} for m in models], [("MODEL", "model")],
                            empty="no models")
+
+    def cmd_ai(self, args: argparse.Namespace) -> views.Text:
+        key = self._key(args.id)
+        done = (self.facade.drop_from_jupyter_ai(key) if args.remove
+                else self.facade.use_in_jupyter_ai(key, default=args.default))
+        return views.Text(views.ai_note(done, removed=args.remove), title="Jupyter AI")
 
     def cmd_panel(self, args: argparse.Namespace) -> ControlPanel:
         from ..widgets import ControlPanel

@@ -171,6 +171,9 @@ class ControlPanel:
     def keepalive(self, sid: str) -> None:
         self.sessions.keepalive(sid)
 
+    def use_in_jupyter_ai(self, sid: str) -> None:
+        self.sessions.use_in_jupyter_ai(sid)
+
     def load_logs(self, sid: str | None = None) -> None:
         self.logs.load(sid)
 

@@ -18,6 +18,7 @@ class RowActions(Protocol):
     def keepalive(self, sid: str) -> None: ...
     def show_logs(self, sid: str) -> None: ...
     def chat_with(self, sid: str) -> None: ...
+    def use_in_jupyter_ai(self, sid: str) -> None: ...
 
 
 class SessionRow:
@@ -40,12 +41,16 @@ class SessionRow:
         self.logs_button = W.Button(description="logs", layout=small, tooltip="show its log")
         self.prompt_button = W.Button(description="prompt", layout=small,
                                       tooltip="chat with it")
+        self.ai_button = W.Button(description="Jupyter AI", layout=W.Layout(width="6.5em"),
+                                  tooltip="Use in Jupyter AI: a model in Jupyternaut's picker, "
+                                  "through the gateway with a key for this session only")
         self.stop_button.on_click(lambda _: actions.stop(sid))
         self.keepalive_button.on_click(lambda _: actions.keepalive(sid))
         self.logs_button.on_click(lambda _: actions.show_logs(sid))
         self.prompt_button.on_click(lambda _: actions.chat_with(sid))
+        self.ai_button.on_click(lambda _: actions.use_in_jupyter_ai(sid))
         self.actions = W.HBox([self.stop_button, self.keepalive_button, self.logs_button,
-                               self.prompt_button])
+                               self.prompt_button, self.ai_button])
 
     @property
     def cells(self) -> list[W.Widget]:
@@ -73,6 +78,7 @@ class SessionRow:
         self.stop_button.disabled = ended or state == "stopping"
         self.keepalive_button.disabled = ended
         self.prompt_button.disabled = state != "ready"
+        self.ai_button.disabled = state != "ready" or data.get("api_flavour") != "openai"
 
     def refresh_age(self) -> None:
         created = self.data.get("created_at")

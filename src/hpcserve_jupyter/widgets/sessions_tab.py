@@ -8,11 +8,12 @@ from typing import Any
 
 import ipywidgets as W
 
+from .. import views
 from .session_row import SessionRow
 from .shared import Shared, message
 
 COLUMNS = ("name", "recipe", "target", "state", "age", "endpoint", "actions")
-WIDTHS = "minmax(8em,1.4fr) minmax(7em,1.2fr) 6em 8em 4em minmax(10em,1.6fr) 23em"
+WIDTHS = "minmax(8em,1.4fr) minmax(7em,1.2fr) 6em 8em 4em minmax(10em,1.6fr) 30em"
 
 
 class SessionsTab:
@@ -110,6 +111,13 @@ class SessionsTab:
         try:
             s = self.shared.facade.keepalive(sid)
             self.shared.say(self.status, f"{s.name}: idle timer reset")
+        except Exception as exc:
+            self.shared.say(self.status, message(exc), error=True)
+
+    def use_in_jupyter_ai(self, sid: str) -> None:
+        try:
+            done = self.shared.facade.use_in_jupyter_ai(sid)
+            self.shared.say(self.status, views.ai_note(done))
         except Exception as exc:
             self.shared.say(self.status, message(exc), error=True)
 

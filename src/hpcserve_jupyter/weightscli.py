@@ -1,0 +1,156 @@
+"""`hpcserve pull` and `hpcserve models`: model weights in a target's cache ahead of launch.
+
+    hpcserve pull RECIPE [--on TARGET] [--backend B] [--revision R] [--token-env VAR]
+    hpcserve models [--on TARGET] [--json]
+    hpcserve models rm REPO [--on TARGET]
+
+`pull` prints progress lines (bytes and files) to stderr and the snapshot folder to stdout
+(`SNAP=$(hpcserve pull smollm2-135m-hf)`). The files are those the recipe's engine needs
+(weights/formats.py); a gated model needs a token in $HF_TOKEN (or --token-env's variable).
+Only the local target for now; other kinds answer "not yet supported" (exit 2). No session
+service is started: these commands touch the cache only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import json
+import os
+import re
+import sys
+import time
+from typing import Any
+
+from .views import Table
+
+TOKEN_ENV = "HF_TOKEN"
+
+
+def add_weights_parsers(sub: Any) -> None:
+    p = sub.add_parser("pull", help="download a recipe's model weights into a target's cache")
+    p.add_argument("recipe")
+    p.add_argument("--on", metavar="TARGET", help="the target whose cache gets them "
+                   "(default: local)")
+    p.add_argument("--backend", "-b", help="the engine the files are for (default: the "
+                   "recipe's first backend)")
+    p.add_argument("--revision", "-r", help="branch, tag or commit (default: main)")
+    p.add_argument("--token-env", default=TOKEN_ENV, metavar="VAR",
+                   help=f"environment variable holding the Hugging Face token (default: "
+                   f"{TOKEN_ENV}); needed for gated models")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    m = sub.add_parser("models", help="list the models a target's cache holds; "
+                       "`models rm REPO` frees one")
+    m.add_argument("--on", metavar="TARGET", help="the target (default: local)")
+    m.add_argument("--json", action="store_true")
+    msub = m.add_subparsers(dest="models_command", metavar="rm")
+    rm = msub.add_parser("rm", help="remove a model (every revision) from the cache")
+    rm.add_argument("repo", metavar="REPO", help="the repo id, OWNER/NAME")
+    rm.add_argument("--on", dest="rm_on", metavar="TARGET", help="the target (default: local)")
+
+
+# ---------------------------------------------------------------- pull
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+class ProgressPrinter:
+    """A line whenever the phase or (downloading) the files done change, or a tenth more of
+    the bytes is done."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.start = time.monotonic()
+        self.stream = stream if stream is not None else sys.stderr
+        self.last: tuple[str, int, int] | None = None
+
+    def __call__(self, p: Any) -> None:
+        step = max(p.bytes_total // 10, 1)
+        files = p.files_done if p.phase == "download" else -1  # verifying: tenths only
+        key = (p.phase, files, p.bytes_done // step)
+        if key == self.last:
+            return
+        self.last = key
+        print(f"[{time.monotonic() - self.start:6.1f}s] {p.phase}: {_size(p.bytes_done)} / "
+              f"{_size(p.bytes_total)}, {p.files_done}/{p.files_total} files",
+              file=self.stream, flush=True)
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from .errors import BadInput, close_matches, shown
+    from .recipes import Catalog
+    from .weights import allow_patterns, cache_site, pull, require_hub_ref
+
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.token_env):
+        raise BadInput(f"--token-env wants an environment variable name, not "
+                       f"{shown(args.token_env)}")
+    if args.revision is not None and not re.fullmatch(r"[\w./@+-]{1,200}", args.revision):
+        raise BadInput(f"invalid revision {shown(args.revision)}",
+                       hint="a branch, tag or commit of the repo (main, v1.0, a sha)")
+    recipe = Catalog().get(args.recipe)
+    backend = args.backend or recipe.default_backend
+    if backend not in recipe.backends:
+        raise BadInput(f"recipe {recipe.name!r} does not run on backend {backend!r}",
+                       hint=close_matches(backend, recipe.backends))
+    ref = require_hub_ref(recipe.model, recipe.name)
+    site = cache_site(args.on)
+    token = os.environ.get(args.token_env) or None
+    print(f"pulling {ref} ({args.revision or 'main'}) for {backend} into {site.cache_dir} "
+          f"(target {site.target})", file=sys.stderr)
+    result = pull(ref.repo_id, args.revision, functools.partial(allow_patterns, ref, backend),
+                  site.cache_dir, token, ProgressPrinter(), token_env=args.token_env)
+    path = ref.local_path(result.snapshot)
+    if args.json:
+        print(json.dumps({"repo_id": result.repo_id, "revision": result.revision,
+                          "commit": result.commit, "snapshot": str(result.snapshot),
+                          "model_path": str(path), "files": result.files,
+                          "size": result.size, "target": site.target}, indent=2))
+    else:
+        print(f"{result.repo_id}@{result.commit[:12]}: {len(result.files)} files, "
+              f"{_size(result.size)}, verified", file=sys.stderr)
+        print(path)
+    return 0
+
+
+# ---------------------------------------------------------------- models
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+def models_table(models: list[Any]) -> Table:
+    return Table([m.public() for m in models], [
+        ("REPO", "repo_id"),
+        ("REVISION", lambda m: m["revision"][:12] + (f" ({','.join(m['refs'])})"
+                                                     if m["refs"] else "")),
+        ("SIZE", lambda m: _size(m["size"])), ("FILES", "files"),
+        ("LAST USED", lambda m: _when(m["last_used"]))], empty="no models in the cache")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .weights import cache_site, list_models, remove
+
+    if args.models_command == "rm":
+        site = cache_site(args.rm_on or args.on)
+        freed = remove(args.repo, site.cache_dir)
+        print(f"removed {args.repo} from {site.cache_dir} (target {site.target}), "
+              f"{_size(freed)} freed", file=sys.stderr)
+        return 0
+    site = cache_site(args.on)
+    models = list_models(site.cache_dir)
+    if args.json:
+        print(json.dumps([m.public() for m in models], indent=2))
+    elif models:
+        print(models_table(models).grid())
+    else:
+        print(f"no models in {site.cache_dir} (target {site.target}); hpcserve pull RECIPE "
+              "fetches one", file=sys.stderr)
+    return 0

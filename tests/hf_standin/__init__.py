@@ -1,0 +1,1 @@
+"""A local stand-in of the Hugging Face Hub file API (server.py), for the real client."""
