@@ -32,6 +32,7 @@ from .spec import ServeSpec
 from .store import StaleSession, Store
 from .targets import load_target_configs, make_target
 from .targets.base import LaunchRequest, Phase, Target, TargetStatus
+from .weights.formats import hub_ref
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,7 @@ class SessionManager:
         overrides = dict(overrides or {})
         spec = self.resolve(recipe, backend, overrides)
         tgt = self.target(target)
+        spec = await self._cached_weights(tgt, spec, recipe, overrides)
         if name is not None and not re.fullmatch(NAME_PATTERN, name):
             raise BadInput(f"invalid session name {name!r}",
                            hint="use letters, digits, '.', '_' and '-' (at most 63 characters)")
@@ -220,6 +222,25 @@ class SessionManager:
         self._write(session, "launched", "submitted to the target")
         self.wake()
         return session
+
+    async def _cached_weights(self, tgt: Target, spec: ServeSpec, recipe: str,
+                              overrides: Mapping[str, Any]) -> ServeSpec:
+        """A hub model the target's cache holds: the engine gets its local path, offline
+        (HF_HUB_OFFLINE=1), so no node reaches for the hub. One the cache lacks on a target
+        without internet (`offline: true`): refused now, not a job failing on the node."""
+        ref = hub_ref(spec.model)
+        if ref is None:
+            return spec
+        found = await tgt.cached_model(ref.repo_id, ref.filename)
+        if found:
+            return self.resolve(recipe, spec.backend, {**overrides, "model": found,
+                                                       "env.HF_HUB_OFFLINE": "1"})
+        if tgt.offline:
+            raise BadInput(f"target {tgt.name!r} has no internet (offline: true) and its model "
+                           f"cache lacks {ref}",
+                           hint=f"run hpcserve pull {spec.recipe} --on {tgt.name} --backend "
+                           f"{spec.backend} first (or %serve pull in a notebook)")
+        return spec
 
     def session_dir(self, session: Session) -> Path:
         path = self.home / "sessions" / session.id

@@ -1,7 +1,8 @@
 """End to end: `hpcserve pull smollm2-135m-hf` (the built-in recipe, for the transformers
 backend) fetches the real SmolLM2 checkpoint the engine tests make from the Hub stand-in into a
 fresh HF cache; the engine's environment then finds it there by repo id with the hub switched off
-(HF_HUB_OFFLINE=1), as a launch from the cache will. No engine is started."""
+(HF_HUB_OFFLINE=1), as a launch from the cache does; then a launch on a target without internet
+serves it from the cache."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from hf_standin.fixtures import SMOLLM2, point_client_at
 from hf_standin.server import HubStandIn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
-from real_engines import MODEL_FILES, engine_python, hf_checkpoint
+from real_engines import MODEL_FILES, engine_of, engine_python, hf_checkpoint
 
 SETUP = "create it with scripts/setup-engine-envs.sh transformers"
 CHECK = """
@@ -82,3 +83,50 @@ def test_pull_the_smollm2_checkpoint_then_load_it_offline(smollm2_hub: HubStandI
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["llama", "True", "True", str(snapshot)]
+
+
+def test_launch_offline_from_the_cache_on_transformers(smollm2_hub: HubStandIn, checkpoint,
+                                                       run_cli):
+    """`hpcserve pull`, then the hub goes away: a launch on an `offline: true` local target
+    gives the engine the snapshot path and HF_HUB_OFFLINE=1, and it serves."""
+    from hpcserve_jupyter.api import Hpcserve
+
+    python, _ = checkpoint
+    proc = run_cli("pull", "smollm2-135m-hf", "--backend", "transformers", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    snapshot = proc.stdout.strip()
+    smollm2_hub.stop()  # no hub from here on
+    hp = Hpcserve(poll_interval=0.5, target_configs={
+        "nodes": {"kind": "local", "python": str(python), "offline": True}})
+    try:
+        s = hp.launch("smollm2-135m-hf", backend="transformers", on="nodes", timeout=300)
+        assert s.state == "ready", (s.reason, hp.logs(s.id, tail=40))
+        assert s.spec["model"] == snapshot
+        engine = engine_of(s.id)
+        assert snapshot in engine.cmdline()
+        assert engine.environ().get("HF_HUB_OFFLINE") == "1"
+        answer = hp.prompt(s.id, "Say hi.", max_tokens=8)
+        assert answer.strip()
+        hp.stop(s.id)
+    finally:
+        hp.close()
+
+
+def test_offline_target_refuses_a_model_not_in_its_cache(tmp_path, monkeypatch):
+    """Refused at once, saying what to run, and nothing recorded."""
+    from hpcserve_jupyter.api import Hpcserve
+    from hpcserve_jupyter.errors import BadInput
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    hp = Hpcserve(target_configs={"nodes": {"kind": "local", "offline": True}})
+    try:
+        with pytest.raises(BadInput, match="offline: true") as err:
+            hp.launch("smollm2-135m-hf", backend="transformers", on="nodes", wait=False)
+        assert "hpcserve pull smollm2-135m-hf --on nodes --backend transformers" in \
+            (err.value.hint or "")
+        assert hp.sessions() == []
+        # a model that is no hub reference (a path, a package file) is not asked about
+        s = hp.launch("smollm2-135m", on="nodes", wait=False)
+        hp.stop(s.id)
+    finally:
+        hp.close()

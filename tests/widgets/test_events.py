@@ -118,7 +118,8 @@ def test_target_secrets_names_only(tmp_path, monkeypatch):
         assert hp.target_secrets("local") == [
             {"label": "Hugging Face token", "env": "HF_TOKEN", "is_set": False}]
         assert hp.target_secrets("cluster") == [
-            {"label": "SSH key passphrase", "env": "CLUSTER_KEY_PASS", "is_set": True}]
+            {"label": "SSH key passphrase", "env": "CLUSTER_KEY_PASS", "is_set": True},
+            {"label": "Hugging Face token", "env": "HF_TOKEN", "is_set": False}]
         pods = hp.target_secrets("pods")
         assert [(f["label"], f["env"]) for f in pods] == [
             ("Tapis password", "TAPIS_PASSWORD"), ("Tapis access token", "TAPIS_TOKEN"),

@@ -121,10 +121,10 @@ def test_secret_fields_follow_the_target(tmp_path):
     try:
         assert list(panel.secret_fields) == ["HF_TOKEN"]
         panel.target.value = "cluster"
-        assert list(panel.secret_fields) == ["CLUSTER_KEY_PASS"]
+        assert list(panel.secret_fields) == ["CLUSTER_KEY_PASS", "HF_TOKEN"]
         field = panel.secret_fields["CLUSTER_KEY_PASS"]
         assert field.description == "SSH key passphrase"
-        assert list(panel.secrets_box.children) == [field]
+        assert list(panel.secrets_box.children) == [field, panel.secret_fields["HF_TOKEN"]]
         field.value = "correct horse"
         assert field.value == "" and "correct horse" not in widget_state(panel)
     finally:

@@ -173,6 +173,18 @@ class Target:
         """The secrets this target reads from environment variables (names, not values)."""
         return []
 
+    @property
+    def offline(self) -> bool:
+        """Whether its engines cannot reach the model hub (`offline: true` in the settings):
+        a hub model must be in its cache (`hpcserve pull`) before a launch."""
+        return bool(getattr(self.settings, "offline", False))
+
+    async def cached_model(self, repo_id: str, filename: str | None = None,
+                           revision: str = "main") -> str | None:
+        """Where its engines find this hub model in the target's model cache (a path there),
+        or None: not cached, or a target that cannot tell."""
+        return None
+
     async def close(self) -> None:
         """Release connections and tunnels; never stops sessions."""
 

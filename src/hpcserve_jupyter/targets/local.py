@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import BadInput, LaunchError
 from ..spec import HOST, JOBDIR, PORT, PYTHON, env_problem, nul_problem, render_argv, render_env
+from ..weights.cache import cached_snapshot, hub_cache_dir
 from . import gpus as gpu_inventory
 from .base import LaunchRequest, Phase, SecretSetting, Target, TargetStatus, job_file_name
 
@@ -44,6 +45,8 @@ class LocalConfig(BaseModel):
     gpu_classes: dict[str, list[str | int]] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
     stop_grace: float = Field(10.0, ge=0, le=600, description="seconds between SIGTERM and SIGKILL")
+    offline: bool = Field(False, description="no internet here: launch hub models only from "
+                          "the cache (hpcserve pull), refuse the others at once")
 
     @field_validator("python")
     @classmethod
@@ -314,6 +317,16 @@ class LocalTarget(Target):
     def secret_settings(self) -> list[SecretSetting]:
         """Local engines inherit this process's environment, so HF_TOKEN reaches them."""
         return [SecretSetting("Hugging Face token", "HF_TOKEN")]
+
+    async def cached_model(self, repo_id: str, filename: str | None = None,
+                           revision: str = "main") -> str | None:
+        """In the Hugging Face cache the engines read: this process's environment with the
+        target's `env:` over it (HF_HUB_CACHE, HF_HOME...), as `hpcserve pull` fills it."""
+        cache = hub_cache_dir({**os.environ, **self.settings.env})
+        snapshot = await asyncio.to_thread(cached_snapshot, cache, repo_id, filename, revision)
+        if snapshot is None:
+            return None
+        return str(snapshot / filename if filename else snapshot)
 
     async def adopt(self, session_id: str, name: str) -> dict[str, Any] | None:
         """After a launch whose handle was never recorded: stop every process group that

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -40,7 +42,10 @@ def run_probe(config: dict, tmp_path: Path) -> tuple[dict, dict, str]:
     target = target_class("slurm")("cluster", config)
 
     async def run() -> tuple[dict, dict, str]:
-        req = LaunchRequest(session_id="cafe1234", name="probe", spec=spec, workdir=tmp_path,
+        # A session of its own each time: a job directory reused would still hold the last
+        # probe's record and endpoint.
+        req = LaunchRequest(session_id=secrets.token_hex(4), name="probe", spec=spec,
+                            workdir=tmp_path,
                             secrets={"api_key": "sk-session-key"})
         handle = await target.launch(req)
         try:
@@ -61,6 +66,7 @@ def run_probe(config: dict, tmp_path: Path) -> tuple[dict, dict, str]:
         finally:
             await target.stop(handle)
             await target.close()
+            shutil.rmtree(handle["workdir"], ignore_errors=True)  # the cluster is this machine
 
     return asyncio.run(run())
 
