@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from hf_standin.conftest import hf_hub, repo_folders
-from hf_standin.fixtures import GATED, TINY, TOKEN
+from hf_standin.fixtures import GATED, TINY, TOKEN, use_recipes
 from hf_standin.server import HubStandIn
 
 __all__ = ["hf_hub", "repo_folders"]  # the stand-in's fixtures, used below
@@ -28,15 +28,10 @@ RECIPES = {
 
 @pytest.fixture
 def setup(hf_hub: HubStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> HubStandIn:
-    recipes = tmp_path / "recipes"
-    recipes.mkdir()
-    for name, fields in RECIPES.items():
-        (recipes / f"{name}.yaml").write_text(yaml.safe_dump(
-            {"name": name, "category": "inference", **fields}))
-    monkeypatch.setenv("HPCSERVE_RECIPES", str(recipes))
+    use_recipes(monkeypatch, tmp_path / "recipes", RECIPES)
     (tmp_path / "targets.yaml").write_text(yaml.safe_dump({"targets": {
         "other-cache": {"kind": "local", "env": {"HF_HUB_CACHE": str(tmp_path / "other")}},
-        "cluster": {"kind": "slurm", "host": "login.example.org"}}}))
+        "pods": {"kind": "tapis-pods", "base_url": "https://tapis.example.org"}}}))
     return hf_hub
 
 
@@ -107,8 +102,8 @@ def test_gated_pull_needs_the_token_variable(setup: HubStandIn, run_cli, monkeyp
     (("pull", "no-such-recipe"), 2, "unknown recipe 'no-such-recipe'"),
     (("pull", "local-path"), 2, "not a Hugging Face repo id"),
     (("pull", "tiny-hf", "--backend", "tgi"), 2, "does not run on backend 'tgi'"),
-    (("pull", "tiny-hf", "--on", "cluster"), 2, "not yet supported for kind 'slurm'"),
-    (("models", "--on", "cluster"), 2, "not yet supported for kind 'slurm'"),
+    (("pull", "tiny-hf", "--on", "pods"), 2, "not yet supported for kind 'tapis-pods'"),
+    (("models", "--on", "pods"), 2, "not yet supported for kind 'tapis-pods'"),
     (("pull", "tiny-hf", "--on", "nowhere"), 2, "unknown target 'nowhere'"),
     (("pull", "tiny-hf", "--revision", "v7"), 2, "has no revision 'v7'"),
     (("models", "rm", "hpcserve-test/absent"), 2, "no model 'hpcserve-test/absent'"),

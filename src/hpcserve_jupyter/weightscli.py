@@ -6,9 +6,10 @@
 
 `pull` prints progress lines (bytes and files) to stderr and the snapshot folder to stdout
 (`SNAP=$(hpcserve pull smollm2-135m-hf)`). The files are those the recipe's engine needs
-(weights/formats.py); a gated model needs a token in $HF_TOKEN (or --token-env's variable).
-Only the local target for now; other kinds answer "not yet supported" (exit 2). No session
-service is started: these commands touch the cache only.
+(weights/formats.py); a gated model needs a token in $HF_TOKEN (or --token-env's variable; on
+a SLURM target its `hf_token_env`). Local and SLURM targets (pulled on the login node over SSH,
+weights/remote.py); other kinds answer "not yet supported" (exit 2). No session service is
+started: these commands touch the cache only.
 """
 
 from __future__ import annotations
@@ -29,18 +30,7 @@ TOKEN_ENV = "HF_TOKEN"
 
 
 def add_weights_parsers(sub: Any) -> None:
-    p = sub.add_parser("pull", help="download a recipe's model weights into a target's cache")
-    p.add_argument("recipe")
-    p.add_argument("--on", metavar="TARGET", help="the target whose cache gets them "
-                   "(default: local)")
-    p.add_argument("--backend", "-b", help="the engine the files are for (default: the "
-                   "recipe's first backend)")
-    p.add_argument("--revision", "-r", help="branch, tag or commit (default: main)")
-    p.add_argument("--token-env", default=TOKEN_ENV, metavar="VAR",
-                   help=f"environment variable holding the Hugging Face token (default: "
-                   f"{TOKEN_ENV}); needed for gated models")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-
+    add_pull_parser(sub)
     m = sub.add_parser("models", help="list the models a target's cache holds; "
                        "`models rm REPO` frees one")
     m.add_argument("--on", metavar="TARGET", help="the target (default: local)")
@@ -49,6 +39,21 @@ def add_weights_parsers(sub: Any) -> None:
     rm = msub.add_parser("rm", help="remove a model (every revision) from the cache")
     rm.add_argument("repo", metavar="REPO", help="the repo id, OWNER/NAME")
     rm.add_argument("--on", dest="rm_on", metavar="TARGET", help="the target (default: local)")
+
+
+def add_pull_parser(sub: Any) -> None:
+    """`pull`'s words, shared by the CLI and `%serve pull`."""
+    p = sub.add_parser("pull", help="download a recipe's model weights into a target's cache")
+    p.add_argument("recipe")
+    p.add_argument("--on", metavar="TARGET", help="the target whose cache gets them "
+                   "(default: local)")
+    p.add_argument("--backend", "-b", help="the engine the files are for (default: the "
+                   "recipe's first backend)")
+    p.add_argument("--revision", "-r", help="branch, tag or commit (default: main)")
+    p.add_argument("--token-env", metavar="VAR",
+                   help=f"environment variable holding the Hugging Face token (default: "
+                   f"{TOKEN_ENV}, or a SLURM target's hf_token_env); needed for gated models")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 # ---------------------------------------------------------------- pull
@@ -88,7 +93,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from .recipes import Catalog
     from .weights import allow_patterns, cache_site, pull, require_hub_ref
 
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.token_env):
+    if args.token_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*",
+                                                       args.token_env):
         raise BadInput(f"--token-env wants an environment variable name, not "
                        f"{shown(args.token_env)}")
     if args.revision is not None and not re.fullmatch(r"[\w./@+-]{1,200}", args.revision):
@@ -101,11 +107,15 @@ def cmd_pull(args: argparse.Namespace) -> int:
                        hint=close_matches(backend, recipe.backends))
     ref = require_hub_ref(recipe.model, recipe.name)
     site = cache_site(args.on)
-    token = os.environ.get(args.token_env) or None
-    print(f"pulling {ref} ({args.revision or 'main'}) for {backend} into {site.cache_dir} "
+    token_env = args.token_env or site.token_env
+    token = (os.environ.get(token_env) or None) if token_env else None
+    print(f"pulling {ref} ({args.revision or 'main'}) for {backend} into {site.where()} "
           f"(target {site.target})", file=sys.stderr)
+    if site.remote is not None:
+        return _pull_remote(args, site, ref, backend, token, token_env or TOKEN_ENV)
+    assert site.cache_dir is not None
     result = pull(ref.repo_id, args.revision, functools.partial(allow_patterns, ref, backend),
-                  site.cache_dir, token, ProgressPrinter(), token_env=args.token_env)
+                  site.cache_dir, token, ProgressPrinter(), token_env=token_env or TOKEN_ENV)
     path = ref.local_path(result.snapshot)
     if args.json:
         print(json.dumps({"repo_id": result.repo_id, "revision": result.revision,
@@ -119,6 +129,44 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pull_remote(args: argparse.Namespace, site: Any, ref: Any, backend: str,
+                 token: str | None, token_env: str) -> int:
+    """The pull on a SLURM target's login node, followed from here."""
+    from pathlib import PurePosixPath
+
+    from .weights.remote import RemoteCache, request
+
+    cache = RemoteCache(site.remote)
+    req = request(ref, backend, args.revision, site.remote.settings.env)
+
+    def started(state: str) -> None:
+        if state == "running":
+            print(f"a pull of the same files is already running on {site.target}: following "
+                  "it", file=sys.stderr)
+        elif state.startswith("submitted"):
+            print(f"pull: {state} on {site.target} (pull: job)", file=sys.stderr)
+
+    try:
+        result = cache.pull(req, token, token_env, ProgressPrinter(), started)
+    except KeyboardInterrupt:
+        print("stopped following; the pull goes on on the login node (run the same command "
+              "to follow it again)", file=sys.stderr)
+        return 130
+    path = ref.local_path(PurePosixPath(result["snapshot"]))
+    if args.json:
+        print(json.dumps({"repo_id": result["repo_id"], "revision": result["revision"],
+                          "commit": result["commit"], "snapshot": result["snapshot"],
+                          "model_path": str(path), "files": result["files"],
+                          "size": result["size"], "target": site.target,
+                          "cache": result["cache"]}, indent=2))
+    else:
+        print(f"{result['repo_id']}@{result['commit'][:12]}: {len(result['files'])} files, "
+              f"{_size(result['size'])}, verified, in {result['cache']} on {site.target}",
+              file=sys.stderr)
+        print(path)
+    return 0
+
+
 # ---------------------------------------------------------------- models
 
 
@@ -126,8 +174,8 @@ def _when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
 
 
-def models_table(models: list[Any]) -> Table:
-    return Table([m.public() for m in models], [
+def models_table(models: list[dict[str, Any]]) -> Table:
+    return Table(models, [
         ("REPO", "repo_id"),
         ("REVISION", lambda m: m["revision"][:12] + (f" ({','.join(m['refs'])})"
                                                      if m["refs"] else "")),
@@ -136,21 +184,36 @@ def models_table(models: list[Any]) -> Table:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from .errors import BadInput, shown
     from .weights import cache_site, list_models, remove
+    from .weights.remote import RemoteCache
 
     if args.models_command == "rm":
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*",
+                            args.repo):
+            raise BadInput(f"{shown(args.repo)} is not a repo id", hint="OWNER/NAME, as "
+                           "`hpcserve models` lists them")
         site = cache_site(args.rm_on or args.on)
-        freed = remove(args.repo, site.cache_dir)
-        print(f"removed {args.repo} from {site.cache_dir} (target {site.target}), "
+        if site.remote is not None:
+            where, freed = RemoteCache(site.remote).remove(args.repo)
+        else:
+            assert site.cache_dir is not None
+            where, freed = str(site.cache_dir), remove(args.repo, site.cache_dir)
+        print(f"removed {args.repo} from {where} (target {site.target}), "
               f"{_size(freed)} freed", file=sys.stderr)
         return 0
     site = cache_site(args.on)
-    models = list_models(site.cache_dir)
-    if args.json:
-        print(json.dumps([m.public() for m in models], indent=2))
-    elif models:
-        print(models_table(models).grid())
+    if site.remote is not None:
+        where, found = RemoteCache(site.remote).list()
+        public = found
     else:
-        print(f"no models in {site.cache_dir} (target {site.target}); hpcserve pull RECIPE "
+        assert site.cache_dir is not None
+        where, public = str(site.cache_dir), [m.public() for m in list_models(site.cache_dir)]
+    if args.json:
+        print(json.dumps(public, indent=2))
+    elif public:
+        print(models_table(public).grid())
+    else:
+        print(f"no models in {where} (target {site.target}); hpcserve pull RECIPE "
               "fetches one", file=sys.stderr)
     return 0

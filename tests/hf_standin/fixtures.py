@@ -14,6 +14,7 @@ import random
 from pathlib import Path
 
 import pytest
+import yaml
 
 BIG = 12 * 1024 * 1024  # over the client's 10 MiB read chunk: a cut after it resumes by Range
 TOKEN = "hf_standin_granted_token"
@@ -89,3 +90,14 @@ def point_client_at(monkeypatch: pytest.MonkeyPatch, url: str, hf_home: Path) ->
         monkeypatch.setattr(constants, name, value)
     # the instance behind list_repo_files() & co., made at import
     monkeypatch.setattr(hf_api.api, "endpoint", url)
+
+
+def use_recipes(monkeypatch: pytest.MonkeyPatch, folder: Path,
+                recipes: dict[str, dict[str, object]]) -> Path:
+    """Inference recipes `{name: fields}` written to `folder`, the user recipe dir from now."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, fields in recipes.items():
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(
+            {"name": name, "category": "inference", **fields}))
+    monkeypatch.setenv("HPCSERVE_RECIPES", str(folder))
+    return folder

@@ -24,6 +24,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from .. import views
 from ..cmdargs import add_launch_arguments, count_arg, launch_overrides, seconds_arg
+from ..weightscli import add_pull_parser
 from .jobs import JobCommands, add_job_parser
 
 if TYPE_CHECKING:
@@ -131,6 +132,7 @@ def build_line_parser() -> UsageParser:
     b.add_argument("--no-plot", action="store_true")
 
     add_job_parser(sub)
+    add_pull_parser(sub)
 
     h = sub.add_parser("help", help="this help")
     h.add_argument("topic", nargs="?")
@@ -256,6 +258,7 @@ class HpcserveMagics(Magics):
             "logs": self.cmd_logs, "stop": self.cmd_stop, "keepalive": self.cmd_keepalive,
             "use": self.cmd_use, "models": self.cmd_models, "panel": self.cmd_panel,
             "bench": self.cmd_bench, "job": JobCommands(self), "ai": self.cmd_ai,
+            "pull": self.cmd_pull,
         }
 
     @property
@@ -390,6 +393,13 @@ class HpcserveMagics(Magics):
         done = (self.facade.drop_from_jupyter_ai(key) if args.remove
                 else self.facade.use_in_jupyter_ai(key, default=args.default))
         return views.Text(views.ai_note(done, removed=args.remove), title="Jupyter AI")
+
+    def cmd_pull(self, args: argparse.Namespace) -> None:
+        """The CLI's pull, in this process (it touches the target's cache, no session): its
+        progress lines and the model's path print into the cell's output."""
+        from ..weightscli import cmd_pull
+
+        cmd_pull(args)
 
     def cmd_panel(self, args: argparse.Namespace) -> ControlPanel:
         from ..widgets import ControlPanel

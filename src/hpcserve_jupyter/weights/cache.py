@@ -8,7 +8,6 @@ $XDG_CACHE_HOME/huggingface/hub, then ~/.cache/huggingface/hub.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -17,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput, NotFound, close_matches
+from .remote_pull import cached_snapshot, repo_folder
+
+__all__ = ["CachedModel", "cached_snapshot", "hub_cache_dir", "list_models", "remove",
+           "repo_folder"]
 
 
 def hub_cache_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -83,39 +86,3 @@ def remove(repo_id: str, cache_dir: Path | str) -> int:
     shutil.rmtree(cache / ".locks" / match.repo_path.name, ignore_errors=True)
     return size
 
-
-def repo_folder(repo_id: str) -> str:
-    """The cache's folder name of a model repo: models--OWNER--NAME."""
-    return "models--" + repo_id.replace("/", "--")
-
-
-def cached_snapshot(cache_dir: Path | str, repo_id: str, filename: str | None = None,
-                    revision: str = "main") -> Path | None:
-    """The snapshot folder of `revision` when the cache holds what an engine loads from it
-    (the GGUF `filename`; else a config.json and weights, every shard an index lists), else
-    None. Files only, no huggingface_hub: a launch asks this, offline, before anything runs."""
-    repo = Path(cache_dir) / repo_folder(repo_id)
-    if len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
-        commit = revision
-    else:
-        try:
-            commit = (repo / "refs" / revision).read_text().strip()
-        except (OSError, UnicodeDecodeError):
-            return None
-    snapshot = repo / "snapshots" / commit
-    if not commit or "/" in commit or not snapshot.is_dir():
-        return None
-    if filename is not None:
-        return snapshot if (snapshot / filename).is_file() else None
-    if not (snapshot / "config.json").is_file():
-        return None
-    for index in snapshot.glob("*.index.json"):
-        try:
-            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
-        except (OSError, ValueError, AttributeError):
-            return None
-        if not shards or not all((snapshot / s).is_file() for s in shards):
-            return None
-    weights = [p for pattern in ("*.safetensors", "*.bin", "*.pth")
-               for p in snapshot.glob(pattern) if p.is_file()]
-    return snapshot if weights else None

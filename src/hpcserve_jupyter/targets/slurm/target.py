@@ -10,6 +10,7 @@ when hpcserve runs on the cluster (`host: local`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import posixpath
 import re
@@ -35,6 +36,7 @@ from .sharing import close_endpoint_tunnels, endpoint_urls, open_shell
 from .shell import RemoteCommandError, Shell
 from .states import SACCT_FIELDS, SQUEUE_FORMAT, JobInfo, parse_sacct, parse_squeue
 
+log = logging.getLogger(__name__)
 LOG_TAIL_BYTES = 16384
 UNREACHABLE_HINTS = ("Unable to contact slurm controller", "Socket timed out",
                      "Connection refused", "Zero Bytes were transmitted")
@@ -83,6 +85,11 @@ class SlurmConfig(BaseModel):
     container: Container = Field(default_factory=Container)
     workdir: str = Field("~/.hpcserve", description="remote directory for session files")
     python: str = Field("python3", description="remote interpreter for Python engines")
+    offline: bool = Field(False, description="the nodes have no internet: launch hub models "
+                          "only from the model cache (hpcserve pull), refuse the others at once")
+    pull: Literal["login", "job"] = Field(
+        "login", description="where `hpcserve pull` downloads weights: on the login node, or "
+        "as a short CPU job (sites whose login nodes may not download)")
     env: dict[str, str] = Field(default_factory=dict)
     gpu_request: Literal["gres", "gpus-per-node"] = "gres"
     accounting: Literal["auto", "sacct", "jobcomp", "none"] = "auto"
@@ -437,6 +444,21 @@ class SlurmTarget(Target):
         if s.hf_token_env:
             found.append(SecretSetting("Hugging Face token", s.hf_token_env))
         return found
+
+    async def cached_model(self, repo_id: str, filename: str | None = None,
+                           revision: str = "main") -> str | None:
+        """In the model cache the engines read on the cluster (the target's `env:` over the
+        login node's, as `hpcserve pull --on` fills it), asked on the login node. A lookup that
+        fails (no such interpreter...) answers None: the launch goes on as before, or is
+        refused when the target is offline."""
+        from ...weights.pull import WeightsError
+        from ...weights.remote import RemoteCache
+
+        try:
+            return await asyncio.to_thread(RemoteCache(self).find, repo_id, filename, revision)
+        except (BadInput, WeightsError) as exc:
+            log.info("model cache lookup on %s failed: %s", self.name, exc)
+            return None
 
     def hf_token(self) -> dict[str, str]:
         """The Hugging Face token as the hub's clients read it (both names), when set here:
