@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
 import json
-import os
 import re
 import sys
 import time
@@ -89,81 +87,37 @@ class ProgressPrinter:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from .errors import BadInput, close_matches, shown
-    from .recipes import Catalog
-    from .weights import allow_patterns, cache_site, pull, require_hub_ref
+    from .weights import recipe_pull
 
-    if args.token_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*",
-                                                       args.token_env):
-        raise BadInput(f"--token-env wants an environment variable name, not "
-                       f"{shown(args.token_env)}")
-    if args.revision is not None and not re.fullmatch(r"[\w./@+-]{1,200}", args.revision):
-        raise BadInput(f"invalid revision {shown(args.revision)}",
-                       hint="a branch, tag or commit of the repo (main, v1.0, a sha)")
-    recipe = Catalog().get(args.recipe)
-    backend = args.backend or recipe.default_backend
-    if backend not in recipe.backends:
-        raise BadInput(f"recipe {recipe.name!r} does not run on backend {backend!r}",
-                       hint=close_matches(backend, recipe.backends))
-    ref = require_hub_ref(recipe.model, recipe.name)
-    site = cache_site(args.on)
-    token_env = args.token_env or site.token_env
-    token = (os.environ.get(token_env) or None) if token_env else None
-    print(f"pulling {ref} ({args.revision or 'main'}) for {backend} into {site.where()} "
-          f"(target {site.target})", file=sys.stderr)
-    if site.remote is not None:
-        return _pull_remote(args, site, ref, backend, token, token_env or TOKEN_ENV)
-    assert site.cache_dir is not None
-    result = pull(ref.repo_id, args.revision, functools.partial(allow_patterns, ref, backend),
-                  site.cache_dir, token, ProgressPrinter(), token_env=token_env or TOKEN_ENV)
-    path = ref.local_path(result.snapshot)
-    if args.json:
-        print(json.dumps({"repo_id": result.repo_id, "revision": result.revision,
-                          "commit": result.commit, "snapshot": str(result.snapshot),
-                          "model_path": str(path), "files": result.files,
-                          "size": result.size, "target": site.target}, indent=2))
-    else:
-        print(f"{result.repo_id}@{result.commit[:12]}: {len(result.files)} files, "
-              f"{_size(result.size)}, verified", file=sys.stderr)
-        print(path)
-    return 0
-
-
-def _pull_remote(args: argparse.Namespace, site: Any, ref: Any, backend: str,
-                 token: str | None, token_env: str) -> int:
-    """The pull on a SLURM target's login node, followed from here."""
-    from pathlib import PurePosixPath
-
-    from .weights.remote import RemoteCache, request
-
-    cache = RemoteCache(site.remote)
-    req = request(ref, backend, args.revision, site.remote.settings.env)
+    p = recipe_pull.plan(args.recipe, on=args.on, backend=args.backend,
+                         revision=args.revision, token_env=args.token_env)
+    print(p.describe(), file=sys.stderr)
 
     def started(state: str) -> None:
         if state == "running":
-            print(f"a pull of the same files is already running on {site.target}: following "
-                  "it", file=sys.stderr)
+            print(f"a pull of the same files is already running on {p.site.target}: "
+                  "following it", file=sys.stderr)
         elif state.startswith("submitted"):
-            print(f"pull: {state} on {site.target} (pull: job)", file=sys.stderr)
+            print(f"pull: {state} on {p.site.target} (pull: job)", file=sys.stderr)
 
     try:
-        result = cache.pull(req, token, token_env, ProgressPrinter(), started)
+        done = recipe_pull.run(p, ProgressPrinter(), started)
     except KeyboardInterrupt:
+        if p.site.remote is None:
+            raise
         print("stopped following; the pull goes on on the login node (run the same command "
               "to follow it again)", file=sys.stderr)
         return 130
-    path = ref.local_path(PurePosixPath(result["snapshot"]))
     if args.json:
-        print(json.dumps({"repo_id": result["repo_id"], "revision": result["revision"],
-                          "commit": result["commit"], "snapshot": result["snapshot"],
-                          "model_path": str(path), "files": result["files"],
-                          "size": result["size"], "target": site.target,
-                          "cache": result["cache"]}, indent=2))
+        out = done.public()
+        if p.site.remote is None:
+            out.pop("cache")  # local: the cache is this machine's (as before)
+        print(json.dumps(out, indent=2))
     else:
-        print(f"{result['repo_id']}@{result['commit'][:12]}: {len(result['files'])} files, "
-              f"{_size(result['size'])}, verified, in {result['cache']} on {site.target}",
-              file=sys.stderr)
-        print(path)
+        where = f", in {done.cache} on {done.target}" if p.site.remote is not None else ""
+        print(f"{done.repo_id}@{done.commit[:12]}: {len(done.files)} files, "
+              f"{_size(done.size)}, verified{where}", file=sys.stderr)
+        print(done.model_path)
     return 0
 
 

@@ -59,9 +59,16 @@ class LaunchForm:
         self.progress = W.IntProgress(min=0, max=3, value=0, description="progress",
                                       bar_style="info")
         self.launch_status = W.HTML()
+        self.pull_button = W.Button(description="Pull weights", icon="download",
+                                    tooltip="fetch the recipe's model into the target's cache "
+                                    "ahead of launch (hpcserve pull)")
+        self.pull_progress = W.FloatProgress(min=0, max=1, value=0, description="weights",
+                                             bar_style="info", layout=W.Layout(width="20em"))
+        self.pull_status = W.HTML()
         self.recipe.observe(lambda _: self._recipe_changed(), "value")
         self.target.observe(lambda _: self._target_changed(), "value")
         self.launch_button.on_click(lambda _: self.launch())
+        self.pull_button.on_click(lambda _: self.pull())
         self._recipe_changed()
         self._target_changed()
         self.box = W.VBox([
@@ -69,6 +76,7 @@ class LaunchForm:
             W.HBox([self.gpus, self.nodes, self.time, self.replicas]),
             self.session_name, self.secrets_box,
             W.HBox([self.launch_button, self.progress, self.launch_status]),
+            W.HBox([self.pull_button, self.pull_progress, self.pull_status]),
         ])
 
     def _say(self, text: str, *, error: bool = False) -> None:
@@ -175,6 +183,39 @@ class LaunchForm:
                 self.launch_button.disabled = False
 
         self.shared.start(work, "launch")
+
+    def pull(self) -> None:
+        """What the Pull button does: the recipe's weights into the chosen target's cache
+        (`hpcserve pull`, run in this process), with a bytes bar; a token typed into the
+        target's Hugging Face field is used for it (and kept for the launch)."""
+        from ..weights import recipe_pull
+
+        recipe, backend, target = self.recipe.value, self.backend.value, self.target.value
+        self.pull_button.disabled = True
+        self.pull_progress.value, self.pull_progress.bar_style = 0, "info"
+
+        def shown(p: Any) -> None:
+            self.pull_progress.value = p.bytes_done / p.bytes_total if p.bytes_total else 0
+            self.pull_status.value = (f"<small>{p.phase}: {p.files_done}/{p.files_total} "
+                                      f"files</small>")
+
+        def work() -> None:
+            try:
+                plan = recipe_pull.plan(recipe, on=target, backend=backend)
+                self.shared.say(self.pull_status, plan.describe() + "…")
+                done = recipe_pull.run(plan, shown,
+                                       token=self._held.get(plan.token_env or "") or None)
+                self.pull_progress.value, self.pull_progress.bar_style = 1, "success"
+                self.shared.say(self.pull_status, f"{done.repo_id}@{done.commit[:12]}: "
+                                f"{len(done.files)} files verified in {done.cache} "
+                                f"({done.target}); launches use it")
+            except Exception as exc:
+                self.pull_progress.bar_style = "danger"
+                self.shared.say(self.pull_status, message(exc), error=True)
+            finally:
+                self.pull_button.disabled = False
+
+        self.shared.start(work, "pull")
 
     def _apply_secrets(self, target: str, secrets: dict[str, str]) -> None:
         """Hand typed secrets to the facade (it puts them where the target reads them)."""

@@ -74,6 +74,9 @@ class ControlPanel:
         self.launch_button = form.launch_button
         self.progress = form.progress
         self.launch_status = form.launch_status
+        self.pull_button = form.pull_button
+        self.pull_progress = form.pull_progress
+        self.pull_status = form.pull_status
         self.launch_box = form.box
         self.launched = form.launched
         self.table = sessions.table
