@@ -22,7 +22,6 @@ The token is passed to the client only; messages name the variable it came from,
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput, HpcserveError, NotFound
+from .remote_pull import _digest, _drop, _size  # one copy, the remote script's (stdlib only)
 
 Patterns = Sequence[str] | Callable[[list[str]], list[str]] | None
 INFO_TIMEOUT = 30.0
@@ -254,19 +254,6 @@ class _Tracker:
 # ---------------------------------------------------------------- verification
 
 
-def _size(sibling: Any) -> int:
-    lfs = getattr(sibling, "lfs", None)
-    return int(lfs.size if lfs is not None else sibling.size or 0)
-
-
-def _digest(path: Path, lfs: bool) -> str:
-    h = hashlib.sha256() if lfs else hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with path.open("rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _verify(snapshot: Path, expected: dict[str, Any], tracker: _Tracker, repo_id: str) -> None:
     """Sizes and hashes against the hub's listing; bad files are removed from the cache."""
     bad: list[str] = []
@@ -291,14 +278,6 @@ def _verify(snapshot: Path, expected: dict[str, Any], tracker: _Tracker, repo_id
         raise WeightsError(f"{len(bad)} file(s) of {repo_id} failed verification and were "
                            f"removed from the cache: {', '.join(bad)}",
                            hint="run the pull again to fetch them anew")
-
-
-def _drop(pointer: Path) -> None:
-    with contextlib.suppress(OSError):
-        blob = pointer.resolve() if pointer.is_symlink() else None
-        pointer.unlink()
-        if blob is not None:
-            blob.unlink()
 
 
 def _write_ref(ref: Path, commit: str) -> None:

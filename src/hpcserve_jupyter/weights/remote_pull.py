@@ -1,9 +1,10 @@
 """Model weights on a remote machine (a SLURM login node): pull into its HF cache, list, remove.
 
 Copied to (or piped into) the remote interpreter, which has huggingface_hub but not hpcserve:
-standard library only, huggingface_hub imported by the pull itself. So it duplicates, on
-purpose, the small parts of pull.py and cache.py it needs (the cache folder rules, the progress
-bars, the verification): importing them would need the package there. Keep the two in step.
+standard library only, huggingface_hub imported by the pull itself. The pure parts both sides
+need (size, digest, drop, the cached-snapshot check) live here once and the package imports
+them; the cache folder rules and the progress bars differ slightly (the remote side expands
+variables; it reports to a file) and are kept beside their twins in cache.py / pull.py.
 
     python remote_pull.py start DIR   < TOKEN     a background pull described by DIR/request.json
     python remote_pull.py run DIR     < TOKEN     the same pull in the foreground (a batch job:
