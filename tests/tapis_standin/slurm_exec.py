@@ -45,6 +45,7 @@ import re
 import shlex
 import stat
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -402,17 +403,45 @@ class SSHHost:
 
     def run(self, cmd: str, timeout: float = 60.0) -> tuple[int, str, str]:
         """Run a command with the login shell's environment; (exit code, stdout, stderr)."""
-        client = self._connect()
         with self._lock:
             self.commands.append(cmd)
+        chan = self._open(lambda t: t.open_session(timeout=timeout), "a session")
         try:
-            _, out, err = client.exec_command(cmd, timeout=timeout)
+            chan.settimeout(timeout)
+            chan.exec_command(cmd)
+            out, err = chan.makefile("rb"), chan.makefile_stderr("rb")
             stdout = out.read().decode(errors="replace")
             stderr = err.read().decode(errors="replace")
-            rc = out.channel.recv_exit_status()
+            rc = chan.recv_exit_status()
         except Exception as e:
             raise RemoteError(f"command failed on {self.system.host}: {e}") from e
+        finally:
+            chan.close()
         return rc, stdout, stderr
+
+    def _open(self, opener: Any, what: str) -> Any:
+        """A new channel on the shared transport, tried a second time when opening fails:
+        nothing has run yet, so that is safe. A transport that died (sshd dropped it) is
+        replaced by a fresh connection; a live one that refused or lost the answer among
+        concurrent opens (paramiko hands the failure to one waiting thread only) is kept, as
+        other threads' channels run on it. Real Tapis pools its SSH connections likewise."""
+        for attempt in (1, 2):
+            client = self._connect()
+            transport = client.get_transport()
+            try:
+                return opener(transport)
+            except Exception as e:
+                if attempt == 2:
+                    raise RemoteError(f"cannot open {what} on {self.system.host}: "
+                                      f"{e or type(e).__name__}") from e
+                if transport is None or not transport.is_active():
+                    with self._lock:
+                        if self._client is client:
+                            client.close()
+                            self._client = None
+                else:
+                    time.sleep(0.2)
+        raise AssertionError("unreachable")
 
     def check(self, cmd: str, timeout: float = 60.0) -> str:
         rc, out, err = self.run(cmd, timeout)
@@ -422,11 +451,9 @@ class SSHHost:
 
     @contextmanager
     def sftp(self) -> Iterator[Any]:
-        client = self._connect()
-        try:
-            sftp = client.open_sftp()
-        except Exception as e:
-            raise RemoteError(f"cannot open SFTP on {self.system.host}: {e}") from e
+        import paramiko
+
+        sftp = self._open(paramiko.SFTPClient.from_transport, "SFTP")
         try:
             yield sftp
         finally:

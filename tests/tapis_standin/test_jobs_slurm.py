@@ -369,3 +369,20 @@ def test_file_upload_download_round_trip(jobs_standin: StandIn, jtapis, cluster_
     with pytest.raises(errors.BadRequestError):
         jtapis.files.getContents(systemId=SYSTEM, path=f"{base}/%2E%2E/%2E%2E/etc/passwd")
     assert os.path.isdir("/" + base + "/sub/dir")
+
+
+def test_a_connection_sshd_dropped_is_replaced(jobs_standin: StandIn, jtapis):
+    """The stand-in shares one SSH connection between its threads; when sshd drops it, the
+    next Files call works on a fresh one. (The narrower race, a transport that still looks
+    alive when the channel is opened, is what SSHHost._open's second try covers; it cannot be
+    provoked on demand, so this checks the replacement, not the race.)"""
+    host = jobs_standin.apps.hosts[SYSTEM]
+    rel = working_dir(jobs_standin).lstrip("/")
+    jtapis.files.mkdir(systemId=SYSTEM, path=rel + "/before")
+    first = host._client
+    # $PPID of the command is the sshd process serving this connection: killing it drops it
+    host.run("kill -9 $PPID", timeout=10)
+    jtapis.files.mkdir(systemId=SYSTEM, path=rel + "/after")
+    names = {f.name for f in jtapis.files.listFiles(systemId=SYSTEM, path=rel)}
+    assert {"before", "after"} <= names
+    assert host._client is not first
