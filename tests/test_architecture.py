@@ -16,7 +16,7 @@ MAX_LINES = 700
 # Front ends and the server extension may import Jupyter; everything else is the core.
 JUPYTER_FACES = ("jupyter", "magics", "widgets")
 JUPYTER_MODULES = ("IPython", "ipywidgets", "jupyter_server", "tornado", "traitlets",
-                   "ipykernel", "jupyterlab")
+                   "ipykernel", "jupyterlab", "jupyter_core")
 # The remote facade finds the Jupyter servers running on this machine with jupyter_server's own
 # list (inside a function, optional: a kernel without jupyter_server skips that source).
 ALLOWED = {("remote.py", "jupyter_server.serverapp")}

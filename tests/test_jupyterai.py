@@ -12,6 +12,7 @@ import pytest
 
 from hpcserve_jupyter import jupyterai
 from hpcserve_jupyter.errors import BadInput
+from hpcserve_jupyter.jupyter import aiconfig
 from hpcserve_jupyter.jupyterai import AiModel
 
 pytest.importorskip("jupyter_ai_jupyternaut", reason="the jupyter-ai extra is not installed")
@@ -126,5 +127,6 @@ def test_a_broken_settings_file_is_a_clear_error_and_is_left_alone(tmp_path, tex
 
 
 def test_the_path_follows_the_jupyter_data_dir(tmp_path, monkeypatch):
+    """Found at the edge (the server extension, the embedded facade) and handed to the core."""
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
-    assert jupyterai.config_path() == tmp_path / "data" / "jupyter_ai" / "config.json"
+    assert aiconfig.config_path() == tmp_path / "data" / "jupyter_ai" / "config.json"

@@ -255,11 +255,16 @@ class Hpcserve(Prompting):
     def use_in_jupyter_ai(self, key: str, *, default: bool = False) -> dict[str, Any]:
         """Refused here: Jupyter AI reaches sessions through a Jupyter server's gateway, and
         this embedded service runs without one (the remote facade does it)."""
-        return self.service.use_in_jupyter_ai(key, api_base=None, default=default)
+        from .jupyter.aiconfig import config_path
+
+        return self.service.use_in_jupyter_ai(key, api_base=None, path=config_path(),
+                                              default=default)
 
     def drop_from_jupyter_ai(self, key: str) -> dict[str, Any]:
         """Remove the session's Jupyter AI entry and revoke the gateway key it held."""
-        return self.service.drop_from_jupyter_ai(key)
+        from .jupyter.aiconfig import config_path
+
+        return self.service.drop_from_jupyter_ai(key, path=config_path())
 
     # ------------------------------------------------------------------ prompting
 

@@ -9,7 +9,8 @@ logs them). Entries hpcserve writes carry ids `custom-hpcserve-<session id>/...`
 found and removed when the session ends, and a user's own entries are never touched.
 
 Plain JSON, no Jupyter import: the file is Jupyter AI's format, checked by its own config models
-in the tests.
+in the tests. Every call is given the file's path: finding it is a Jupyter lookup, done at the
+edge (jupyter/aiconfig.py).
 """
 
 from __future__ import annotations
@@ -30,16 +31,6 @@ ID_PREFIX = "custom-hpcserve-"
 # hosted_vllm: LiteLLM's provider for self-hosted OpenAI-compatible servers. Unlike `openai/`,
 # it lists models under api_base and does not add `cache_control` to the messages it sends.
 PROVIDER = "hosted_vllm"
-
-
-def config_path() -> Path:
-    """Where Jupyter AI keeps its settings: the Jupyter data dir, as `jupyter_core` finds it."""
-    try:
-        from jupyter_core.paths import jupyter_data_dir
-    except ImportError:  # no Jupyter here: the same default jupyter_core would give
-        base = os.environ.get("JUPYTER_DATA_DIR") or str(Path.home() / ".local/share/jupyter")
-        return Path(base) / "jupyter_ai" / "config.json"
-    return Path(jupyter_data_dir()) / "jupyter_ai" / "config.json"
 
 
 @dataclass(frozen=True)
@@ -118,10 +109,10 @@ def read(path: Path) -> dict[str, Any]:
     return config
 
 
-def register(model: AiModel, *, default: bool = False, path: Path | None = None) -> None:
+def register(model: AiModel, *, path: Path, default: bool = False) -> None:
     """Add (or replace) the session's entry; with `default`, make it the model Jupyternaut
     uses when the user picks none (`model_provider_id` and its `fields`)."""
-    with _editing(path or config_path()) as config:
+    with _editing(path) as config:
         models = [m for m in config.get("custom_models") or []
                   if not _owned_by(m, model.session_id)]
         config["custom_models"] = [model.entry(), *models]
@@ -132,10 +123,10 @@ def register(model: AiModel, *, default: bool = False, path: Path | None = None)
             config["fields"] = fields
 
 
-def unregister(session_id: str, *, path: Path | None = None) -> list[str]:
+def unregister(session_id: str, *, path: Path) -> list[str]:
     """Remove the session's entry (and the default, when it was this session's model).
     Returns the removed entries' names; nothing is written when there were none."""
-    with _editing(path or config_path()) as config:
+    with _editing(path) as config:
         models = config.get("custom_models") or []
         gone = [m for m in models if _owned_by(m, session_id)]
         if not gone:
@@ -157,9 +148,9 @@ def _ours(params: Any, entry: dict[str, Any]) -> bool:
         (entry.get("params") or {}).get("api_key")
 
 
-def registered(*, path: Path | None = None) -> list[dict[str, Any]]:
+def registered(*, path: Path) -> list[dict[str, Any]]:
     """hpcserve's entries, keys left out: session id, name, model id, api_base, default."""
-    config = read(path or config_path())
+    config = read(path)
     out = []
     for m in config.get("custom_models") or []:
         if not _owned_by(m, None):

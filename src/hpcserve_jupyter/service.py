@@ -222,12 +222,13 @@ class SessionService:
 
     # ------------------------------------------------------------------ Jupyter AI
 
-    def use_in_jupyter_ai(self, key: str, *, api_base: str | None,
+    def use_in_jupyter_ai(self, key: str, *, api_base: str | None, path: Path,
                           default: bool = False) -> dict[str, Any]:
         """Register a chat session as a Jupyter AI (Jupyternaut) custom model that reaches it
         through this server's gateway (`api_base`) with a gateway key scoped to it alone: never
         the Jupyter token, which Jupyter AI would store and show in clear text. Registering
-        again replaces the entry and its key; the entry goes when the session ends."""
+        again replaces the entry and its key; the entry goes when the session ends. `path` is
+        Jupyter AI's config.json, found by the caller (a Jupyter path: jupyter/aiconfig.py)."""
         if not api_base:
             raise BadInput("Jupyter AI chats through the gateway of the Jupyter server running "
                            "the hpcserve extension, and this process has none",
@@ -250,30 +251,32 @@ class SessionService:
             api_key=gkey.key, description=f"hpcserve: {session.recipe} ({session.backend}) "
             f"on {session.target}")
         try:
-            jupyterai.register(model, default=default)
+            jupyterai.register(model, default=default, path=path)
         except BaseException:
             self.keys.revoke(gkey.id)
             raise
         return {"session_id": session.id, "name": session.name, "model_id": model.model_id,
                 "entry_id": model.entry_id, "api_base": model.api_base, "default": default,
-                "key_id": gkey.id, "config": str(jupyterai.config_path())}
+                "key_id": gkey.id, "config": str(path)}
 
-    def drop_from_jupyter_ai(self, key: str) -> dict[str, Any]:
-        """Remove the session's Jupyter AI entry and revoke its gateway key."""
+    def drop_from_jupyter_ai(self, key: str, *, path: Path) -> dict[str, Any]:
+        """Remove the session's Jupyter AI entry (from the config.json at `path`) and revoke
+        its gateway key."""
         session = self.get(key)
-        removed = jupyterai.unregister(session.id)
+        removed = jupyterai.unregister(session.id, path=path)
         revoked = self._revoke_ai_keys(session.id)
         return {"session_id": session.id, "name": session.name,
                 "removed": bool(removed or revoked)}
 
-    def forget_ended_in_jupyter_ai(self) -> list[str]:
-        """Entries (and keys) of sessions that ended: removed. Run when sessions end."""
+    def forget_ended_in_jupyter_ai(self, path: Path) -> list[str]:
+        """Entries (in the config.json at `path`) and keys of sessions that ended: removed.
+        Run when sessions end."""
         live = {s.id for s in self.sessions(live_only=True) if not s.stop_requested}
-        ended = {e["session_id"] for e in jupyterai.registered()} - live
+        ended = {e["session_id"] for e in jupyterai.registered(path=path)} - live
         ended |= {k.label[len(AI_KEY_LABEL):] for k in self.keys.list()
                   if k.label.startswith(AI_KEY_LABEL) and not k.revoked} - live
         for sid in sorted(ended):
-            jupyterai.unregister(sid)
+            jupyterai.unregister(sid, path=path)
             self._revoke_ai_keys(sid)
         return sorted(ended)
 

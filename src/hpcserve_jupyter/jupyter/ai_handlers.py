@@ -8,6 +8,7 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.utils import url_path_join
 from tornado import web
 
+from .aiconfig import config_path
 from .base import HpcserveHandler
 from .bodies import JupyterAiBody
 
@@ -20,10 +21,11 @@ class JupyterAiHandler(HpcserveHandler):
         svc = await self.service()
         # Jupyter AI runs inside this server: it reaches the gateway at the server's own URL.
         api_base = url_path_join(self.serverapp.connection_url, "hpcserve/v1")
-        self.write_json(svc.use_in_jupyter_ai(id, api_base=api_base, default=body.default))
+        self.write_json(svc.use_in_jupyter_ai(id, api_base=api_base, path=config_path(),
+                                              default=body.default))
 
     @web.authenticated
     @authorized
     async def delete(self, id: str) -> None:
         svc = await self.service()
-        self.write_json(svc.drop_from_jupyter_ai(id))
+        self.write_json(svc.drop_from_jupyter_ai(id, path=config_path()))

@@ -20,6 +20,7 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Float, Int, List, TraitError, Unicode, validate
 
 from .. import health
+from .aiconfig import config_path
 from .replicas import ReplicaGroup
 
 if TYPE_CHECKING:
@@ -202,7 +203,7 @@ class HpcserveApp(ExtensionApp):
 
     def _forget_ended_ai(self) -> None:
         try:
-            if gone := self.service.forget_ended_in_jupyter_ai():
+            if gone := self.service.forget_ended_in_jupyter_ai(config_path()):
                 self.log.info("hpcserve: removed %d ended session(s) from Jupyter AI",
                               len(gone))
         except Exception as exc:  # a broken settings file must not stop the follower
