@@ -226,10 +226,13 @@ def every_command(cli: Cli, target: str, kind: str, *launch_args: str) -> list[s
     assert "HPCSERVE_SERVER_URL" in cli("ai", "plain", rc=2).stderr
 
     # model weights: this recipe's model ships in a Python package (nothing to pull); the
-    # cache is listed on local and SLURM (on its login node), other kinds say they cannot yet
+    # cache is listed on local and SLURM (on its login node); a Tapis Pods target without a
+    # shared volume has nothing to fill ahead; Tapis Jobs says it cannot yet
     assert "nothing to pull" in cli("pull", RECIPE, "--on", target, rc=2).stderr
     if kind in ("local", "slurm"):
         cli("models", "--on", target)
+    elif kind == "tapis-pods":
+        assert "volume of its own" in cli("models", "--on", target, rc=2).stderr
     else:
         assert "not yet supported" in cli("models", "--on", target, rc=2).stderr
 

@@ -31,7 +31,8 @@ def setup(hf_hub: HubStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     use_recipes(monkeypatch, tmp_path / "recipes", RECIPES)
     (tmp_path / "targets.yaml").write_text(yaml.safe_dump({"targets": {
         "other-cache": {"kind": "local", "env": {"HF_HUB_CACHE": str(tmp_path / "other")}},
-        "pods": {"kind": "tapis-pods", "base_url": "https://tapis.example.org"}}}))
+        "pods": {"kind": "tapis-pods", "base_url": "https://tapis.example.org"},
+        "hpc": {"kind": "tapis-jobs", "base_url": "https://tapis.example.org"}}}))
     return hf_hub
 
 
@@ -102,8 +103,11 @@ def test_gated_pull_needs_the_token_variable(setup: HubStandIn, run_cli, monkeyp
     (("pull", "no-such-recipe"), 2, "unknown recipe 'no-such-recipe'"),
     (("pull", "local-path"), 2, "not a Hugging Face repo id"),
     (("pull", "tiny-hf", "--backend", "tgi"), 2, "does not run on backend 'tgi'"),
-    (("pull", "tiny-hf", "--on", "pods"), 2, "not yet supported for kind 'tapis-pods'"),
-    (("models", "--on", "pods"), 2, "not yet supported for kind 'tapis-pods'"),
+    (("pull", "tiny-hf", "--on", "pods"), 2, "gives each session a volume of its own"),
+    (("models", "--on", "pods"), 2, "gives each session a volume of its own"),
+    (("models", "rm", "a/b", "--on", "pods"), 2, "gives each session a volume of its own"),
+    (("pull", "tiny-hf", "--on", "hpc"), 2, "not yet supported for kind 'tapis-jobs'"),
+    (("models", "--on", "hpc"), 2, "not yet supported for kind 'tapis-jobs'"),
     (("pull", "tiny-hf", "--on", "nowhere"), 2, "unknown target 'nowhere'"),
     (("pull", "tiny-hf", "--revision", "v7"), 2, "has no revision 'v7'"),
     (("models", "rm", "hpcserve-test/absent"), 2, "no model 'hpcserve-test/absent'"),

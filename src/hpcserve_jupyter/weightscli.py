@@ -7,9 +7,10 @@
 `pull` prints progress lines (bytes and files) to stderr and the snapshot folder to stdout
 (`SNAP=$(hpcserve pull smollm2-135m-hf)`). The files are those the recipe's engine needs
 (weights/formats.py); a gated model needs a token in $HF_TOKEN (or --token-env's variable; on
-a SLURM target its `hf_token_env`). Local and SLURM targets (pulled on the login node over SSH,
-weights/remote.py); other kinds answer "not yet supported" (exit 2). No session service is
-started: these commands touch the cache only.
+a SLURM or Tapis Pods target its `hf_token_env`). Local, SLURM (pulled on the login node over
+SSH, weights/remote.py) and Tapis Pods targets (fetched here, uploaded into the shared model
+volume, weights/volume.py); Tapis Jobs answers "not yet supported" (exit 2). No session service
+is started: these commands touch the cache only.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     try:
         done = recipe_pull.run(p, ProgressPrinter(), started)
     except KeyboardInterrupt:
-        if p.site.remote is None:
+        if p.site.kind != "slurm":  # pulled by this process: it stops here
             raise
         print("stopped following; the pull goes on on the login node (run the same command "
               "to follow it again)", file=sys.stderr)
@@ -140,7 +141,6 @@ def models_table(models: list[dict[str, Any]]) -> Table:
 def cmd_models(args: argparse.Namespace) -> int:
     from .errors import BadInput, shown
     from .weights import cache_site, list_models, remove
-    from .weights.remote import RemoteCache
 
     if args.models_command == "rm":
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*",
@@ -149,7 +149,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                            "`hpcserve models` lists them")
         site = cache_site(args.rm_on or args.on)
         if site.remote is not None:
-            where, freed = RemoteCache(site.remote).remove(args.repo)
+            where, freed = site.cache().remove(args.repo)
         else:
             assert site.cache_dir is not None
             where, freed = str(site.cache_dir), remove(args.repo, site.cache_dir)
@@ -158,7 +158,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     site = cache_site(args.on)
     if site.remote is not None:
-        where, found = RemoteCache(site.remote).list()
+        where, found = site.cache().list()
         public = found
     else:
         assert site.cache_dir is not None

@@ -490,6 +490,7 @@ class _Fault:
     status: int = 500
     message: Any = None
     seconds: float = 0.0
+    after: int = 0  # calls let through before it applies
 
 
 _DEFAULT_FAULT_MESSAGES: dict[int, Any] = {
@@ -740,11 +741,12 @@ class StandIn:
             self._revoked_jtis |= self._issued_jtis
 
     def fail_next(self, operation_id: str | None, status: int = 500, times: int | None = 1,
-                  message: Any = None) -> None:
-        """Answer the next ``times`` calls of ``operation_id`` (None: any) with ``status``."""
+                  message: Any = None, after: int = 0) -> None:
+        """Answer the next ``times`` calls of ``operation_id`` (None: any) with ``status``,
+        once ``after`` calls have been answered normally (a transfer cut part way)."""
         with self._lock:
             self._faults.append(_Fault(operation_id, "fail", times, status=status,
-                                       message=message))
+                                       message=message, after=after))
 
     def delay(self, seconds: float, operation_id: str | None = None,
               times: int | None = None) -> None:
@@ -954,6 +956,9 @@ class StandIn:
         with self._lock:
             for fault in list(self._faults):
                 if fault.operation_id not in (None, operation_id):
+                    continue
+                if fault.after > 0:
+                    fault.after -= 1
                     continue
                 if fault.kind == "delay":
                     delay += fault.seconds

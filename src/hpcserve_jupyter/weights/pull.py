@@ -55,6 +55,7 @@ class PullResult:
     snapshot: Path
     files: list[str] = field(default_factory=list)
     size: int = 0
+    fetched: bool = True  # False: `present` said the destination holds them already
 
 
 class WeightsError(HpcserveError):
@@ -73,11 +74,14 @@ def _hf() -> Any:
 def pull(repo_id: str, revision: str | None = None, allow_patterns: Patterns = None,
          cache_dir: Path | str | None = None, token: str | None = None,
          progress: Callable[[PullProgress], None] | None = None, *,
-         token_env: str = "HF_TOKEN", max_workers: int = 8) -> PullResult:
+         token_env: str = "HF_TOKEN", max_workers: int = 8,
+         present: Callable[[str, dict[str, int]], bool] | None = None) -> PullResult:
     """Fetch `repo_id` at `revision` (default main) into `cache_dir` (an HF hub cache folder).
 
     `allow_patterns` is a list of fnmatch patterns, or a function from the repo's file names to
-    one (formats.allow_patterns, which needs to know whether the repo has safetensors)."""
+    one (formats.allow_patterns, which needs to know whether the repo has safetensors).
+    `present(commit, sizes)`: for a pull staged on its way elsewhere (a Tapis volume), whether
+    the destination holds these files already; then nothing is fetched (`fetched` False)."""
     hf = _hf()
     from huggingface_hub.utils import filter_repo_objects
 
@@ -102,6 +106,9 @@ def pull(repo_id: str, revision: str | None = None, allow_patterns: Patterns = N
         commit = info.sha
         snapshot = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / commit
         sizes = {name: _size(siblings[name]) for name in chosen}
+        if present is not None and present(commit, sizes):
+            return PullResult(repo_id, asked, commit, snapshot, chosen, sum(sizes.values()),
+                              fetched=False)
         before = sum(s for n, s in sizes.items() if (snapshot / n).is_file())
         tracker = _Tracker(progress, before, sum(sizes.values()), len(chosen))
         folder = hf.snapshot_download(

@@ -1,6 +1,7 @@
 """A recipe's weights into a target's cache: what `hpcserve pull`, `%serve pull` and the
 control panel's Pull button run. Checks the words (recipe, backend, revision, token variable),
-then pulls here (local target) or on the login node (SLURM), reporting progress to a callback.
+then pulls here (local target), on the login node (SLURM) or here and into the model volume
+(Tapis Pods), reporting progress to a callback.
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ def run(p: PullPlan, progress: Callable[[PullProgress], None] | None = None,
     if token is None and p.token_env:
         token = os.environ.get(p.token_env) or None
     token_env = p.token_env or TOKEN_ENV
+    if p.site.kind == "tapis-pods":
+        result = p.site.cache().pull(p.ref, p.backend, p.revision, token, token_env, progress)
+        return Pulled(result["repo_id"], result["revision"], result["commit"],
+                      result["snapshot"],
+                      str(p.ref.local_path(PurePosixPath(result["snapshot"]))), p.site.target,
+                      result["cache"], list(result["files"]), int(result["size"]))
     if p.site.remote is not None:
         from .remote import RemoteCache, request
 

@@ -3,8 +3,9 @@
 Local: its engines inherit this process's environment plus the target's `env:` settings, so
 its cache is the HF cache that environment names. SLURM: the cache on the cluster that the
 target's `env:` over the login node's environment names, reached over SSH (remote.py); only the
-login node knows where exactly (its home), so `cache_dir` is None until it answered. Other
-kinds are refused with a clear error until they learn to pull (Tapis into the pod volume).
+login node knows where exactly (its home), so `cache_dir` is None until it answered. Tapis
+Pods: the cache in its shared model volume (volume.py), reached through the Pods API. Other
+kinds (Tapis Jobs) are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from ..errors import BadInput
 from .cache import hub_cache_dir
 
-SUPPORTED_KINDS = ("local", "slurm")
+SUPPORTED_KINDS = ("local", "slurm", "tapis-pods")
 
 
 @dataclass(frozen=True)
@@ -29,11 +30,23 @@ class CacheSite:
     kind: str
     cache_dir: Path | None
     token_env: str | None = "HF_TOKEN"  # None: the target forwards no token (hf_token_env)
-    remote: Any = None  # the Target (SLURM) whose login node holds the cache
+    remote: Any = None  # the Target (SLURM, Tapis Pods) that reaches the cache
 
     def where(self) -> str:
-        return str(self.cache_dir) if self.cache_dir is not None else \
+        if self.cache_dir is not None:
+            return str(self.cache_dir)
+        return "its model volume" if self.kind == "tapis-pods" else \
             "its model cache (on the login node)"
+
+    def cache(self) -> Any:
+        """The remote cache's client: RemoteCache (SLURM) or VolumeCache (Tapis Pods)."""
+        if self.kind == "tapis-pods":
+            from .volume import VolumeCache
+
+            return VolumeCache(self.remote)
+        from .remote import RemoteCache
+
+        return RemoteCache(self.remote)
 
 
 def cache_site(target: str | None) -> CacheSite:
@@ -49,8 +62,11 @@ def cache_site(target: str | None) -> CacheSite:
         raise BadInput(f"pulling and listing model weights is not yet supported for kind "
                        f"{kind!r} (target {name!r})",
                        hint="supported: " + ", ".join(SUPPORTED_KINDS))
-    if kind == "slurm":
+    if kind in ("slurm", "tapis-pods"):
         tgt = make_target(name, configs)  # validates the settings (one-line errors)
-        return CacheSite(name, kind, None, tgt.settings.hf_token_env, tgt)
+        site = CacheSite(name, kind, None, tgt.settings.hf_token_env, tgt)
+        if kind == "tapis-pods":
+            site.cache()  # a target without a shared volume is refused before any call
+        return site
     env = {**os.environ, **{str(k): str(v) for k, v in (cfg.get("env") or {}).items()}}
     return CacheSite(name, kind, hub_cache_dir(env))

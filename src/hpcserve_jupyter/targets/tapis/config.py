@@ -130,6 +130,8 @@ class TapisPodsConfig(TapisAuthConfig):
         None, description="a shared volume (created if missing, never deleted by hpcserve); "
         "default: one volume per session, deleted with it")
     keep_volume: bool = Field(False, description="keep a session's own volume when it ends")
+    offline: bool = Field(False, description="the pods have no internet: launch hub models "
+                          "only from the shared volume (hpcserve pull --on this target)")
     volume_mounts_shape: Literal["live", "spec"] = "live"
 
     # --- lifecycle

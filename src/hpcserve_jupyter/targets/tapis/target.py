@@ -169,6 +169,21 @@ class TapisPodsTarget(Target):
                 left.append(f"volume {volume_id}")
         return " and ".join(left)
 
+    async def cached_model(self, repo_id: str, filename: str | None = None,
+                           revision: str = "main") -> str | None:
+        """In the shared model volume (`volume_id`), as `hpcserve pull --on` fills it: the
+        path in the pod. A session's own volume starts empty, so without `volume_id`: None.
+        A lookup that fails answers None: the launch goes on, or is refused when offline."""
+        if not self.settings.volume_id:
+            return None
+        from ...weights.volume import VolumeCache
+
+        try:
+            return await asyncio.to_thread(VolumeCache(self).find, repo_id, filename, revision)
+        except HpcserveError as exc:
+            log.info("model volume lookup on %s failed: %s", self.name, exc.message)
+            return None
+
     # ------------------------------------------------------------------ adopt
 
     def secret_settings(self) -> list[SecretSetting]:
