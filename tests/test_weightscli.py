@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cli_errors import one_line_error
 from hf_standin.conftest import hf_hub, repo_folders
 from hf_standin.fixtures import GATED, TINY, TOKEN, use_recipes
 from hf_standin.server import HubStandIn
@@ -34,14 +35,6 @@ def setup(hf_hub: HubStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         "pods": {"kind": "tapis-pods", "base_url": "https://tapis.example.org"},
         "hpc": {"kind": "tapis-jobs", "base_url": "https://tapis.example.org"}}}))
     return hf_hub
-
-
-def one_line_error(proc, code: int) -> str:
-    assert proc.returncode == code, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("hpcserve:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def test_pull_prints_progress_and_the_snapshot(setup: HubStandIn, run_cli, repo_folders):

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cli_errors import one_line_error
 from hf_standin.conftest import hf_hub, repo_folders
 from hf_standin.fixtures import GATED, TINY, TOKEN, use_recipes
 from hf_standin.server import HubStandIn
@@ -31,14 +32,6 @@ def box(hf_hub: HubStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
               "env": {"HF_HUB_CACHE": str(tmp_path / "remote-cache"), "HF_ENDPOINT": hf_hub.url}}
     Path(os.environ["HPCSERVE_TARGETS"]).write_text(yaml.safe_dump({"targets": {"box": config}}))
     return config
-
-
-def one_line_error(proc: Any, code: int) -> str:
-    assert proc.returncode == code, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("hpcserve:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def test_pull_list_rm_through_the_targets_shell(box, hf_hub: HubStandIn, run_cli, tmp_path,

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cli_errors import one_line_error
 from hf_standin import server as standin_server
 from hf_standin.conftest import hf_hub, repo_folders
 from hf_standin.fixtures import GATED, TINY, TOKEN, use_recipes
@@ -93,14 +94,6 @@ def remote(cluster: Any, slurm_config: dict[str, Any], hf_hub: HubStandIn, peers
     shutil.rmtree(workdir, ignore_errors=True)
     with contextlib.suppress(OSError):
         workdir.parent.rmdir()
-
-
-def one_line_error(proc: Any, code: int) -> str:
-    assert proc.returncode == code, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("hpcserve:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def files_under(folder: Path) -> list[Path]:

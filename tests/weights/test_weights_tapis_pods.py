@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cli_errors import one_line_error
 from hf_standin.fixtures import GATED, TINY, TOKEN, use_recipes
 from hf_standin.server import HubStandIn
 from target_fixtures import pod_proxy, pods_config, standin
@@ -54,14 +55,6 @@ def volume_dir(standin: Any) -> Path:
 def upload_paths(standin: Any) -> list[str]:
     return [c.path.split(f"/volumes/{VOLUME}/upload/", 1)[1]
             for c in standin.calls_to("upload_to_volume")]
-
-
-def one_line_error(proc: Any, code: int) -> str:
-    assert proc.returncode == code, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("hpcserve:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def test_pull_list_and_rm_in_the_shared_volume(pods: dict, standin: Any, hf_hub: HubStandIn,
