@@ -40,6 +40,7 @@ vllm-env:
 # Chroma and transformers serve, each in its own venv (.venv-chroma, .venv-transformers).
 engine-envs:
 	bash scripts/setup-engine-envs.sh
+	bash scripts/setup-llama-server.sh
 
 cluster-start:
 	bash scripts/testcluster.sh start

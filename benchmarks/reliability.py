@@ -21,7 +21,7 @@ from common import provenance
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 ORDER = ["R1", "R-launch-kill", "R-shared-state", "R2", "R3", "R4", "R5", "R6", "R7", "R8",
-         "R9", "R10", "R11"]
+         "R9", "R10", "R11", "R14"]
 TITLES = {
     "R1": "kill -9 of the Jupyter server with ready and starting sessions (local, SLURM, "
           "Tapis), restart",
@@ -36,6 +36,8 @@ TITLES = {
     "R10": "50 concurrent streams through the proxy; 200 sessions in store and monitor",
     "R11": "soak: launch -> prompts (proxy, gateway) -> stop cycles on local, SLURM and "
            "Tapis in one Jupyter server; RSS, fds, threads, SSH channels, tunnels, leftovers",
+    "R14": "a ready engine that hangs (SIGSTOP) on local and on the SLURM node: degraded, "
+           "routed around (503 saying why), healthy again after SIGCONT",
     "R-launch-kill": "kill -9 of the manager mid-launch (local, SLURM, Tapis)",
     "R-shared-state": "two Jupyter servers sharing one state directory",
 }

@@ -135,6 +135,30 @@ def every_command(cli: Cli, target: str, kind: str, *launch_args: str) -> list[s
     assert fields["id"] == waited["id"] and fields["state"] == "ready", r.stdout
     assert fields["target"] == target
     assert {s["name"] for s in json.loads(cli("status", "--json").stdout)} == {"plain", "waited"}
+    # time left: the nearer of the target's limit and the max lifetime (autostop), which the
+    # recipe's time limit sets; every view carries it
+    info = json.loads(cli("status", "waited", "--json").stdout)
+    assert info["time_limit_s"] and 0 < info["time_left_s"] <= info["time_limit_s"]
+    assert info["ends_at"].endswith("+00:00")
+    assert rows["waited"]["TIME_LEFT"] not in ("", "-"), r.stdout
+    assert "time left" in cli("status", "waited").stdout
+
+    # relaunch: the same recipe, target and overrides under the next name; extend where the
+    # target allows (the max lifetime at least; SLURM's own refusal is passed on)
+    r = cli("relaunch", "plain", "--json")
+    again = json.loads(r.stdout)
+    assert (again["name"], again["recipe"], again["target"]) == ("plain-2", RECIPE, target)
+    cli("stop", "plain-2")
+    if kind == "local":
+        r = cli("extend", "waited", "--time", "10m", "--json")
+        grown = json.loads(r.stdout)["session"]
+        assert grown["max_lifetime_s"] == info["max_lifetime_s"] + 600
+    elif kind == "slurm":
+        r = cli("extend", "waited", "--time", "10m", rc=2)
+        assert "SLURM refused to extend job" in r.stderr, r.stderr
+    else:  # Tapis: fixed once submitted or started
+        assert "relaunch" in cli("extend", "waited", "--time", "10m", rc=2).stderr
+    cli("extend", "waited", "--time", "soon", rc=2)
 
     # prompting: the answer's words are the model's; that one came back is ours to check
     r = cli("prompt", waited["id"], "Say", "hi.", "--max-tokens", "8", "--temperature", "0")
@@ -239,9 +263,10 @@ def every_command(cli: Cli, target: str, kind: str, *launch_args: str) -> list[s
     # none left behind
     assert not json.loads(cli("status", "--json").stdout)
     ended = json.loads(cli("status", "--all", "--json").stdout)
-    assert sorted(s["name"] for s in ended) == ["broken", "plain", "waited"]
+    assert sorted(s["name"] for s in ended) == ["broken", "plain", "plain-2", "waited"]
     commands = {"recipes", "targets", "launch", "status", "logs", "prompt", "chat", "stop",
-                "keepalive", "monitor", "job", "tapis", "keys", "ai", "pull", "models"}
+                "keepalive", "monitor", "job", "tapis", "keys", "ai", "pull", "models",
+                "relaunch", "extend"}
     from hpcserve_jupyter.cli import COMMANDS
 
     assert set(COMMANDS) == commands  # a new command must be added here
@@ -301,4 +326,4 @@ def test_every_command_on_tapis_jobs(run_cli, tapis_jobs_config, jobs_standin): 
     ids = every_command(Cli(run_cli), "hpc", "tapis-jobs", "--set", "cpus=1")
     live = [j.uuid for j in jobs_standin.jobs.jobs.values()
             if j.status not in ("FINISHED", "FAILED", "CANCELLED")]
-    assert live == [] and len(ids) == 3  # no Tapis job left running
+    assert live == [] and len(ids) == 4  # no Tapis job left running

@@ -243,3 +243,58 @@ def test_event_streams_show_what_other_managers_of_the_state_dir_wrote():
         sub.close()
         other.close()
         first.close()
+
+
+def test_time_left_counts_down_and_expiring_is_said_once():
+    """A 40 s max lifetime with a 30 s warning: the views carry the time left, which falls;
+    one `expiring` event arrives (not one per tick), naming the end time."""
+    hp = Hpcserve(poll_interval=0.3, expiry_warning=30)
+    sub = hp.watch(snapshot=False)
+    try:
+        s = hp.launch("smollm2-135m", max_lifetime="40s", timeout=60)
+        first = hp.status(s.id).public()
+        assert first["time_limit_s"] == 40 and 0 < first["time_left_s"] <= 40
+        time.sleep(1.5)
+        later = hp.status(s.id).public()
+        assert later["time_left_s"] < first["time_left_s"]
+        assert later["ends_at"] == first["ends_at"]  # the end stays put; only the rest falls
+        notices = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and hp.status(s.id).state == State.READY:
+            event = sub.get(timeout=0.5)
+            if event and event["type"] == "expiring" and event["session"]["id"] == s.id:
+                notices.append(event)
+            if notices and hp.status(s.id).public()["time_left_s"] < 25:
+                break  # a few ticks after the warning: any repeat would have come
+        assert len(notices) == 1, notices
+        assert first["ends_at"] in notices[0]["message"]
+        assert notices[0]["session"]["time_left_s"] < 30
+        kinds = [e["kind"] for e in hp.manager.events(s.id)]
+        assert kinds.count("expiring") == 1
+    finally:
+        sub.close()
+        for x in hp.sessions(live_only=True):
+            hp.stop(x.id)
+        hp.close()
+
+
+def test_idle_expiring_is_said_once_per_idle_stretch():
+    hp = Hpcserve(poll_interval=0.3, expiry_warning=600)
+    try:
+        s = hp.launch("smollm2-135m", idle_timeout="4s", timeout=60)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and [e["kind"] for e in hp.manager.events(
+                s.id)].count("idle-expiring") < 1:
+            time.sleep(0.2)
+        hp.keepalive(s.id)  # a new idle stretch: it may be said again
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and hp.status(s.id).state != State.STOPPED:
+            time.sleep(0.2)
+        kinds = [e["kind"] for e in hp.manager.events(s.id)]
+        assert kinds.count("idle-expiring") == 2, kinds
+        done = hp.status(s.id)
+        assert done.state == State.STOPPED and "idle" in done.reason
+    finally:
+        for x in hp.sessions(live_only=True):
+            hp.stop(x.id)
+        hp.close()

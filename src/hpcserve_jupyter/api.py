@@ -174,6 +174,23 @@ class Hpcserve(Prompting):
     def keepalive(self, key: str) -> Session:
         return self.service.keepalive(key)
 
+    def relaunch(self, key: str, *, name: str | None = None, wait: bool = True,
+                 timeout: float | None = None,
+                 progress: Callable[[Session], None] | None = None) -> Session:
+        """A new session with `key`'s recipe, backend, target and overrides (next name)."""
+        session = self._loop.run(self.service.relaunch(key, name=name))
+        if wait:
+            session = self.wait(session.id, timeout=timeout, progress=progress)
+        return session
+
+    def extend(self, key: str, time: str | int) -> tuple[Session, str]:
+        """`time` more for a live session where its target allows; (session, what it said)."""
+        return self._loop.run(self.service.extend(key, time))
+
+    def metrics(self, key: str) -> dict[str, Any]:
+        """Live serving metrics and GPU use of a session (the REST route's JSON)."""
+        return self._loop.run(self.service.metrics(key))
+
     def logs(self, key: str, tail: int | None = 100) -> str:
         return self._loop.run(self.service.logs(key, tail))
 
@@ -437,6 +454,19 @@ def stop(key: str) -> Session:
 
 def keepalive(key: str) -> Session:
     return default().keepalive(key)
+
+
+def relaunch(key: str, *, name: str | None = None, wait: bool = True,
+             timeout: float | None = None) -> Session:
+    return default().relaunch(key, name=name, wait=wait, timeout=timeout)
+
+
+def extend(key: str, time: str | int) -> tuple[Session, str]:
+    return default().extend(key, time)
+
+
+def metrics(key: str) -> dict[str, Any]:
+    return default().metrics(key)
 
 
 def logs(key: str, tail: int | None = 100) -> str:

@@ -12,13 +12,14 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from . import views
 from .aicli import add_ai_parser, cmd_ai
 from .cmdargs import add_launch_arguments, count_arg, launch_overrides, seconds_arg
 from .jobcli import add_job_parser, cmd_job
 from .keyscli import add_keys_parser, cmd_keys
+from .lifetimecli import add_lifetime_parsers, cmd_extend, cmd_relaunch
 from .tapiscli import add_tapis_parser, cmd_tapis
 from .weightscli import add_weights_parsers, cmd_models, cmd_pull
 
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_keys_parser(sub)
     add_ai_parser(sub)
     add_weights_parsers(sub)
+    add_lifetime_parsers(sub, seconds_arg)
     return p
 
 
@@ -194,6 +196,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _metrics(api: Any, session: Session) -> dict[str, Any] | None:
+    """A ready session's live metrics (scraped now), else None."""
+    return api.metrics(session.id) if session.state == "ready" else None
+
+
 def _print_failure(session: Session) -> None:
     print(f"hpcserve: session {session.name} {session.state}: {session.reason}", file=sys.stderr)
     if session.log_tail:
@@ -205,14 +212,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     api = _api()
     if args.id:
         session = api.status(args.id)
+        metrics = _metrics(api, session)
         if args.json:
-            _dump(session.public())
+            _dump({**session.public(), "metrics": metrics})
         else:
-            print(views.SessionDetail(session).text())
+            print(views.SessionDetail(session, metrics).text())
         return EXIT_OK
     sessions = api.sessions(live_only=not args.all)
     if args.json:
-        _dump([s.public() for s in sessions])
+        _dump([{**s.public(), "metrics": _metrics(api, s)} for s in sessions])
         return EXIT_OK
     if not sessions:
         print("no live sessions (hpcserve status --all lists ended ones)", file=sys.stderr)
@@ -316,11 +324,20 @@ def cmd_jupyter_ai(args: argparse.Namespace) -> int:
     return cmd_ai(args, _api())
 
 
+def cmd_relaunch_session(args: argparse.Namespace) -> int:
+    return cmd_relaunch(args, _api(), Progress())
+
+
+def cmd_extend_session(args: argparse.Namespace) -> int:
+    return cmd_extend(args, _api())
+
+
 COMMANDS = {
     "recipes": cmd_recipes, "targets": cmd_targets, "launch": cmd_launch, "status": cmd_status,
     "logs": cmd_logs, "prompt": cmd_prompt, "chat": cmd_chat, "stop": cmd_stop,
     "keepalive": cmd_keepalive, "monitor": cmd_monitor, "job": cmd_jobs, "tapis": cmd_tapis,
     "keys": cmd_gateway_keys, "ai": cmd_jupyter_ai, "pull": cmd_pull, "models": cmd_models,
+    "relaunch": cmd_relaunch_session, "extend": cmd_extend_session,
 }
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import getpass
 import logging
+import re
 import secrets as _random
 import time
 from collections import defaultdict
@@ -23,10 +24,14 @@ import httpx
 
 from . import health, paths
 from .errors import BadInput, HpcserveError, LaunchError, NotFound, NotReady, TargetUnreachable
+from .eventpub import EventPublisher
 from .monitorlock import MonitorLock
+from .readiness import ReadyHealth
 from .recipes import Catalog
 from .resolve import LaunchDefaults, resolve
 from .secrets import master_key, redact, session_api_key
+from .sessionclock import SessionClock
+from .sessionmetrics import SessionMetrics
 from .sessions import NAME_PATTERN, Session, State
 from .spec import ServeSpec
 from .store import StaleSession, Store
@@ -37,12 +42,13 @@ from .weights.formats import hub_ref
 log = logging.getLogger(__name__)
 
 
-class SessionManager:
+class SessionManager(EventPublisher, SessionClock):
     def __init__(self, home: Path | None = None, *, catalog: Catalog | None = None,
                  target_configs: dict[str, dict[str, Any]] | None = None,
                  poll_interval: float = 2.0, start_timeout: float = 1800.0,
                  defaults: LaunchDefaults | None = None, owner: str | None = None,
-                 launch_grace: float = 60.0) -> None:
+                 launch_grace: float = 60.0, expiry_warning: float = 600.0,
+                 health_interval: float = 15.0, health_failures: int = 2) -> None:
         self.home = home or paths.home()
         self.store = Store(self.home / "sessions.db")
         self._monitor_lock = MonitorLock(self.home / "monitor.lock")
@@ -54,12 +60,13 @@ class SessionManager:
         self.start_timeout = start_timeout
         self.defaults = defaults or LaunchDefaults()
         self.launch_grace = launch_grace  # after this, a launch without handle was interrupted
+        self.expiry_warning = expiry_warning  # seconds left when `expiring` is said
+        self.ready_health = ReadyHealth(self._probe, self._degraded, interval=health_interval,
+                                        failures=health_failures)
+        self.metrics = SessionMetrics(self._client, self.api_key, self.target,
+                                      min_interval=poll_interval)
         self.owner = owner or _whoami()
-        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
-        # What subscribers were last told of each session, and how far the store's event log
-        # was followed for changes other processes wrote (see _follow_store).
-        self._published: dict[str, tuple[str, bool]] = {}
-        self._seq = self.store.last_seq()
+        self._init_events(self.store)
         self._monitor: asyncio.Task[None] | None = None
         self._closing = False
         self.close_timeout = 15.0  # how long close() lets a tick in flight finish
@@ -71,7 +78,6 @@ class SessionManager:
         # What else is monitored on each tick (one-off jobs) and told of changes that other
         # processes wrote to the shared event log about things that are not sessions.
         self.tick_hooks: list[Callable[[], Awaitable[None]]] = []
-        self.event_followers: list[Callable[[dict[str, Any]], None]] = []
 
     # ------------------------------------------------------------------ wiring
 
@@ -121,6 +127,8 @@ class SessionManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
             self._monitor = None
+        await self.ready_health.close()
+        await self.metrics.close()
         # A tick run by someone else (refresh(), wait() without the monitor) ends first too.
         locked = False
         with contextlib.suppress(TimeoutError):
@@ -185,9 +193,8 @@ class SessionManager:
         Bad input fails before anything is recorded or started. A target that fails to start
         leaves a `failed` session with its reason, and nothing running.
         """
-        import re
-
         overrides = dict(overrides or {})
+        asked = dict(overrides)  # before the model cache adds its own
         spec = self.resolve(recipe, backend, overrides)
         tgt = self.target(target)
         spec = await self._cached_weights(tgt, spec, recipe, overrides)
@@ -200,7 +207,7 @@ class SessionManager:
         session = Session(
             id=_random.token_hex(4), name=name or self._new_name(spec.recipe),
             recipe=spec.recipe, backend=spec.backend, target=target, spec=spec.to_dict(),
-            model=spec.served_model_name, api_flavour=spec.api_flavour,
+            overrides=_jsonable(asked), model=spec.served_model_name, api_flavour=spec.api_flavour,
             idle_timeout_s=spec.idle_timeout_s, max_lifetime_s=spec.max_lifetime_s,
             owner=owner or self.owner)
         self.store.insert(session, "created", f"{spec.recipe} with {spec.backend} on {target}")
@@ -222,6 +229,24 @@ class SessionManager:
         self._write(session, "launched", "submitted to the target")
         self.wake()
         return session
+
+    async def relaunch(self, key: str, *, name: str | None = None,
+                       owner: str | None = None) -> Session:
+        """A new session with the recipe, backend, target and overrides of `key` (live or
+        ended), named like it with the next number (`chat-1` -> `chat-2`)."""
+        old = self.get(key)
+        return await self.launch(old.recipe, backend=old.backend, target=old.target,
+                                 name=name or self._next_name(old.name),
+                                 overrides=old.overrides, owner=owner)
+
+    def _next_name(self, name: str) -> str:
+        m = re.fullmatch(r"(.+)-(\d+)", name)
+        base, n = (m.group(1), int(m.group(2))) if m else (name, 1)
+        taken = set(self.store.names_like(base))
+        n += 1
+        while f"{base}-{n}" in taken:
+            n += 1
+        return f"{base}-{n}"
 
     async def _cached_weights(self, tgt: Target, spec: ServeSpec, recipe: str,
                               overrides: Mapping[str, Any]) -> ServeSpec:
@@ -415,6 +440,10 @@ class SessionManager:
                     with contextlib.suppress(StaleSession):
                         await self._recover_launch(s)
             await asyncio.gather(*(self._poll_target(t, ss) for t, ss in by_target.items()))
+            self.ready_health.prune({s.id for ss in by_target.values() for s in ss})
+            live = self.store.all(live_only=True)  # as the polls left them
+            self._warn_expiring(live)
+            await self.metrics.tick(live)
             for hook in self.tick_hooks:
                 try:
                     await hook()
@@ -483,6 +512,7 @@ class SessionManager:
         if st.endpoints is not None and st.endpoints != s.endpoints:
             s.endpoints = st.endpoints
             self._write(s)
+        self._note_time_left(s, st)
         if st.phase == Phase.PENDING:
             if s.state == State.PENDING and st.reason and st.reason != s.reason:
                 self._set(s, State.PENDING, st.reason, event="queued")
@@ -525,6 +555,25 @@ class SessionManager:
             return
         if s.state == State.READY:
             await self._autostop(s, now)
+            if s.state == State.READY:
+                self.ready_health.consider(s.id, s.endpoints, s.spec.get("health_path",
+                                           "/health"), self.api_key(s), s.degraded_endpoints)
+
+    async def _probe(self, url: str, path: str, key: str) -> bool:
+        """One health probe of a ready endpoint; a hung engine answers nothing within the
+        timeout (a third of the probe interval, at most 5 s)."""
+        timeout = min(5.0, self.ready_health.interval / 3)
+        return await health.answers(self._client(), url, path, key, timeout=timeout)
+
+    def _degraded(self, session_id: str, endpoints: list[str], reason: str) -> None:
+        """The degraded endpoints of a ready session changed (readiness.py's verdict)."""
+        s = self.store.get(session_id)
+        if s is None or s.state != State.READY:
+            return
+        s.degraded, s.degraded_reason, s.degraded_endpoints = bool(endpoints), reason, endpoints
+        with contextlib.suppress(StaleSession):
+            self._write(s, "degraded" if endpoints else "healthy",
+                        reason or "its health checks pass again")
 
     async def _healthy(self, s: Session) -> bool:
         """Every replica answers its health check (one probe each, in turn)."""
@@ -567,6 +616,8 @@ class SessionManager:
     def _set(self, s: Session, state: State, reason: str, *, event: str) -> None:
         reason = redact(reason, [self.api_key(s)])  # engines may echo their arguments
         changed = s.transition(state, reason)
+        if changed and state != State.READY and s.degraded:  # only a ready session is
+            s.degraded, s.degraded_reason, s.degraded_endpoints = False, "", []
         if changed and state == State.READY:
             s.last_activity = max(s.last_activity, time.time())  # idle counts from ready
         self._write(s, event, reason)
@@ -578,64 +629,19 @@ class SessionManager:
         if event in ("unreachable", "reachable"):
             self._publish(s, event)
 
-    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-        self._subscribers.add(q)
-        return q
 
-    def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
-        self._subscribers.discard(q)
+def _jsonable(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Overrides as the store keeps them (JSON): values it cannot hold become strings."""
+    import json
 
-    def subscribed(self, q: asyncio.Queue[dict[str, Any]]) -> bool:
-        """False once the queue was dropped for falling behind: its reader must resync."""
-        return q in self._subscribers
-
-    def _follow_store(self) -> None:
-        """Tell subscribers what other managers sharing the state directory (a second Jupyter
-        server, the CLI) wrote: each state change in the store's event log that they were not
-        told yet, in order. Without this, an event stream would only show its own process's
-        changes, e.g. never the `ready` that the monitoring server found."""
-        if not self._subscribers:
-            self._seq = self.store.last_seq()  # nobody to tell: skip ahead
-            return
-        new: list[dict[str, Any]] = []
-        while batch := self.store.events(after=self._seq, limit=1000):
-            self._seq = batch[-1]["seq"]
-            new += batch
-        last = {e["session_id"]: n for n, e in enumerate(new)}
-        current: dict[str, Session | None] = {}
-        for n, e in enumerate(new):
-            sid = e["session_id"]
-            told_state, told_unreachable = self._published.get(sid, ("", False))
-            unreachable = (e["kind"] == "unreachable" if e["kind"] in
-                           ("unreachable", "reachable") else told_unreachable)
-            if (e["state"], unreachable) == (told_state, told_unreachable):
-                continue  # this process wrote it, or it changed nothing subscribers see
-            if sid not in current:
-                current[sid] = self.store.get(sid)
-            s = current[sid]
-            if s is None:  # not a session: a job's event
-                for follower in self.event_followers:
-                    follower(e)
-                continue
-            if last[sid] == n:  # its newest change: the session as it is now
-                self._publish(s, e["kind"])
-            else:  # an intermediate change: as it was then
-                self._publish(s, e["kind"], {**s.public(), "state": e["state"],
-                                             "reason": e["message"], "unreachable": unreachable})
-
-    def _publish(self, s: Session, kind: str, public: dict[str, Any] | None = None) -> None:
-        public = public or s.public()
-        self._published[s.id] = (str(public["state"]), bool(public.get("unreachable")))
-        self.broadcast({"type": kind, "session": public, "ts": time.time()})
-
-    def broadcast(self, event: dict[str, Any]) -> None:
-        """Push one event to every subscriber (a job's change, too)."""
-        for q in list(self._subscribers):
-            try:
-                q.put_nowait(event)
-            except asyncio.QueueFull:
-                self._subscribers.discard(q)  # a consumer that stopped reading
+    out = {}
+    for k, v in overrides.items():
+        try:
+            json.dumps(v)
+            out[str(k)] = v
+        except (TypeError, ValueError):
+            out[str(k)] = str(v)
+    return out
 
 
 def _whoami() -> str:

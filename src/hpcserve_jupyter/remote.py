@@ -229,6 +229,22 @@ class RemoteHpcserve(Prompting):
     def keepalive(self, key: str) -> Session:
         return Session.from_dict(self._call("POST", "sessions", key, "keepalive"))
 
+    def relaunch(self, key: str, *, name: str | None = None, wait: bool = True,
+                 timeout: float | None = None,
+                 progress: Callable[[Session], None] | None = None) -> Session:
+        body = {"name": name} if name else {}
+        session = Session.from_dict(self._call("POST", "sessions", key, "relaunch", json=body))
+        if wait:
+            session = self.wait(session.id, timeout=timeout, progress=progress)
+        return session
+
+    def extend(self, key: str, time: str | int) -> tuple[Session, str]:
+        done = self._call("POST", "sessions", key, "extend", json={"time": time})
+        return Session.from_dict(done["session"]), str(done["message"])
+
+    def metrics(self, key: str) -> dict[str, Any]:
+        return dict(self._call("GET", "sessions", key, "metrics"))
+
     def logs(self, key: str, tail: int | None = 100) -> str:
         return self._call("GET", "sessions", key, "logs", params={"tail": tail or 0})
 

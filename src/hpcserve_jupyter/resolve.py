@@ -30,6 +30,8 @@ class LaunchDefaults:
 
     idle_timeout: str | int | None = None
     max_lifetime: str | int | None = None
+    # The longest `extend` may make a session's max lifetime (from its creation).
+    lifetime_bound: str | int = "7d"
 
 
 def resolve(recipe_name: str, backend: str | None = None,

@@ -115,6 +115,28 @@ class SessionService:
         return await self.manager.launch(recipe, backend=backend, target=target, name=name,
                                          overrides=overrides, owner=owner)
 
+    async def metrics(self, key: str) -> dict[str, Any]:
+        """The session's live serving metrics and GPU use (scraped now if due; asking keeps
+        it watched for a minute: sessionmetrics.py)."""
+        return await self.manager.metrics.read(self.manager.get(key))
+
+    async def relaunch(self, key: str, *, name: str | None = None,
+                       owner: str | None = None) -> Session:
+        """A new session like `key` (recipe, backend, target, overrides), next-numbered."""
+        return await self.manager.relaunch(key, name=name, owner=owner)
+
+    async def extend(self, key: str, time: str | int) -> tuple[Session, str]:
+        """More time for a live session (`time`: '30m', '2h', seconds); what the target said."""
+        from .durations import parse_duration
+        from .errors import BadInput, shown
+
+        try:
+            add = parse_duration(time)
+        except ValueError as exc:
+            raise BadInput(f"invalid time {shown(time)}: {exc}",
+                           hint="a duration such as 30m, 2h or 1:30:00") from None
+        return await self.manager.extend(key, add)
+
     async def wait(self, key: str, *, timeout: float | None = None,
                    progress: Callable[[Session], None] | None = None) -> Session:
         return await self.manager.wait(key, timeout=timeout, progress=progress)

@@ -25,10 +25,11 @@ STATE_COLOURS = {
 }
 
 
-def badge(state: str, unreachable: bool = False) -> str:
+def badge(state: str, unreachable: bool = False, degraded: bool = False) -> str:
     """An HTML badge for a session state, coloured by state."""
     colour = STATE_COLOURS.get(str(state), "#455a64")
-    text = html.escape(str(state)) + (" (unreachable)" if unreachable else "")
+    text = html.escape(str(state)) + (" (unreachable)" if unreachable else "") + (
+        " (degraded)" if degraded else "")
     return (f'<span class="hpcserve-state hpcserve-{html.escape(str(state))}" '
             f'style="background:{colour};color:#fff;border-radius:4px;padding:1px 6px;'
             f'font-size:90%;white-space:nowrap">{text}</span>')
@@ -86,13 +87,29 @@ class _View:
 
 
 def _state(s: Session) -> str:
-    return str(s.state) + (" (unreachable)" if s.unreachable else "")
+    return str(s.state) + (" (unreachable)" if s.unreachable else "") + (
+        " (degraded)" if s.degraded else "")
+
+
+def time_left(s: Session, now: float | None = None) -> str:
+    """What TIME_LEFT (squeue's header for it) shows: the time to the nearer limit, `-` when
+    none applies."""
+    left = s.timing(now)["time_left_s"]
+    return "-" if left is None else age(left)
+
+
+def soon(s: Session, now: float | None = None, within: float = 600) -> bool:
+    """Whether a live session ends within `within` seconds (the front ends turn amber)."""
+    left = s.timing(now)["time_left_s"]
+    return left is not None and left < within
 
 
 class SessionList(list, _View):
-    """Sessions as a table: id, name, recipe, backend, target, state badge, age, endpoint."""
+    """Sessions as a table: id, name, recipe, backend, target, state badge, age, time left,
+    endpoint."""
 
-    HEADER = ("ID", "NAME", "RECIPE", "BACKEND", "TARGET", "STATE", "AGE", "ENDPOINT")
+    HEADER = ("ID", "NAME", "RECIPE", "BACKEND", "TARGET", "STATE", "AGE", "TIME_LEFT",
+              "ENDPOINT")
 
     def __init__(self, sessions: Iterable[Session] = (), empty: str = "no sessions") -> None:
         super().__init__(sessions)
@@ -101,8 +118,9 @@ class SessionList(list, _View):
     def _rows(self, badges: bool) -> list[list[str]]:
         now = time.time()
         return [[s.id, s.name, s.recipe, s.backend, s.target,
-                 badge(str(s.state), s.unreachable) if badges else _state(s),
-                 age(now - s.created_at), s.endpoints[0] if s.endpoints else "-"]
+                 badge(str(s.state), s.unreachable, s.degraded) if badges else _state(s),
+                 age(now - s.created_at), _left_cell(s, now, badges),
+                 s.endpoints[0] if s.endpoints else "-"]
                 for s in self]
 
     def text(self) -> str:
@@ -111,29 +129,88 @@ class SessionList(list, _View):
     def html(self) -> str:
         if not self:
             return f"<i>{html.escape(self.empty)}</i>"
-        return html_table(self.HEADER, self._rows(True), raw_columns=frozenset({5}))
+        return html_table(self.HEADER, self._rows(True), raw_columns=frozenset({5, 7}))
 
     __repr__ = _View.__repr__
     _repr_pretty_ = _View._repr_pretty_
 
 
+AMBER = "#b26a00"
+
+
+def _left_cell(s: Session, now: float, html_cell: bool) -> str:
+    text = time_left(s, now)
+    if not html_cell:
+        return text
+    if soon(s, now):
+        return (f'<span class="hpcserve-expiring" style="color:{AMBER};font-weight:bold">'
+                f"{html.escape(text)}</span>")
+    return html.escape(text)
+
+
+def metrics_pairs(m: dict[str, Any]) -> list[tuple[str, str]]:
+    """The metrics block of `status ID` / `%serve status ID`: serving numbers and GPU use."""
+    from .metrics import sparkline
+
+    pairs = []
+    if m.get("available"):
+        rate = m.get("generation_tokens_per_s")
+        spark = sparkline([p[1] for p in m.get("history") or []], width=30)
+        pairs.append(("requests", f"{m.get('requests_running') or 0} running, "
+                                  f"{m.get('requests_waiting') or 0} waiting"))
+        pairs.append(("tokens/s", ("-" if rate is None else f"{rate:g}") + " generated (last "
+                      "minute)" + (f"  {spark}" if spark.strip() else "")))
+        pairs.append(("tokens", f"{m.get('prompt_tokens_total') or 0} prompt, "
+                                f"{m.get('generation_tokens_total') or 0} generated"))
+        if m.get("kv_cache_usage") is not None:
+            pairs.append(("kv cache", f"{m['kv_cache_usage'] * 100:.0f}% used"))
+    else:
+        pairs.append(("metrics", m.get("reason") or "none"))
+    gpus = m.get("gpus") or {}
+    for g in gpus.get("gpus") or []:
+        util = "-" if g.get("utilization_pct") is None else f"{g['utilization_pct']:.0f}%"
+        mem = ("-" if g.get("memory_used_mib") is None else
+               f"{g['memory_used_mib'] / 1024:.1f}/{(g.get('memory_total_mib') or 0) / 1024:.1f}"
+               " GiB")
+        pairs.append((f"gpu {g.get('index')}", f"{g.get('name')}: {util} busy, {mem}"))
+    if not gpus.get("gpus") and gpus.get("reason"):
+        pairs.append(("gpus", str(gpus["reason"])))
+    return pairs
+
+
 class SessionDetail(_View):
-    """One session in full; an ended session also shows its reason and the engine's last lines."""
+    """One session in full; an ended session also shows its reason and the engine's last lines;
+    a ready one its live metrics when given."""
 
     FIELDS = ("id", "name", "recipe", "backend", "target", "state", "reason", "model",
               "endpoints", "owner")
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, metrics: dict[str, Any] | None = None) -> None:
         self.session = session
+        self.metrics = metrics
 
     def _pairs(self) -> list[tuple[str, str]]:
         s = self.session
         info = s.public()
         pairs = [(k, ", ".join(info[k]) if k == "endpoints" else str(info[k]))
                  for k in self.FIELDS]
-        pairs.append(("age", age(time.time() - s.created_at)))
+        now = time.time()
+        pairs.append(("age", age(now - s.created_at)))
+        timing = s.timing(now)
+        if timing["time_left_s"] is not None:
+            limit = timing["time_limit_s"]
+            pairs.append(("time left", age(timing["time_left_s"]) + (
+                f" of {age(limit)}" if limit else "") + f" (ends {timing['ends_at']})"))
+        elif timing["time_limit_s"] and s.state.live:
+            pairs.append(("time limit", age(timing["time_limit_s"]) + " (from its start)"))
+        if timing["idle_stop_in_s"] is not None:
+            pairs.append(("idle stop", f"in {age(timing['idle_stop_in_s'])} without requests"))
         if s.unreachable:
             pairs.append(("note", "the target is unreachable; state as last seen"))
+        if s.degraded:
+            pairs.append(("degraded", s.degraded_reason))
+        if self.metrics is not None:
+            pairs += metrics_pairs(self.metrics)
         return pairs
 
     def text(self) -> str:
@@ -143,7 +220,8 @@ class SessionDetail(_View):
         return out
 
     def html(self) -> str:
-        rows = [(k, badge(v, self.session.unreachable) if k == "state" else html.escape(v))
+        rows = [(k, badge(v, self.session.unreachable, self.session.degraded) if k == "state"
+                 else html.escape(v))
                 for k, v in self._pairs()]
         table = "".join(f'<tr><th style="text-align:left">{k}</th>'
                         f'<td style="text-align:left">{v}</td></tr>' for k, v in rows)

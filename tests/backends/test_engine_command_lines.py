@@ -1,5 +1,6 @@
 """Pin the exact command line, environment and probes of the SGLang, transformers, TRT-LLM, TGI,
-Chroma and Qdrant backends, so a changed flag is a failing test rather than a broken launch."""
+llama-server, Chroma and Qdrant backends, so a changed flag is a failing test rather than a broken
+launch."""
 
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ PY, HOST, PORT = "{HPCSERVE_PYTHON}", "{HPCSERVE_HOST}", "{HPCSERVE_PORT}"
 KEY = "{HPCSERVE_API_KEY}"
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 VECTOR_ENGINES = ("chroma", "qdrant")
+
+
+@pytest.fixture(autouse=True)
+def _no_llama_server_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama-server's program may come from $LLAMA_SERVER; these tables pin the default."""
+    monkeypatch.delenv("LLAMA_SERVER", raising=False)
 
 
 def make_recipe(backend: str, engine_args: dict[str, Any] | None = None, **fields: Any) -> Recipe:
@@ -64,6 +71,9 @@ BASE_ARGV = {
     "trtllm": ["trtllm-serve", MODEL, "--served_model_name", "qwen",
                "--host", HOST, "--port", PORT],
     "tgi": ["text-generation-launcher", "--model-id", MODEL, "--hostname", HOST, "--port", PORT],
+    # No GPUs in the recipe: no layer offloaded; the key comes from LLAMA_API_KEY (below).
+    "llama-server": ["llama-server", "--model", MODEL, "--alias", "qwen", "--host", HOST,
+                     "--port", PORT, "--metrics", "--n-gpu-layers", "0"],
     "chroma": ["chroma", "run", "--host", HOST, "--port", PORT],
     "qdrant": ["qdrant"],
 }
@@ -107,6 +117,13 @@ TP4_CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
         {"continuous-batching": True, "trust-remote-code": False, "dtype": "bfloat16",
          "default-seed": 42},
         ["--continuous-batching", "--dtype", "bfloat16", "--default-seed", "42"],
+    ),
+    # llama-server splits layers over the GPUs it sees (--split-mode layer): no tp flag.
+    "llama-server": (
+        {"ctx-size": 4096, "rope-freq-scale": 0.5, "cont-batching": True, "mmap": False,
+         "lora": ["/m/a.gguf", "/m/b.gguf"]},
+        ["--ctx-size", "4096", "--rope-freq-scale", "0.5", "--cont-batching",
+         "--lora", "/m/a.gguf", "--lora", "/m/b.gguf"],
     ),
 }
 
@@ -170,6 +187,8 @@ EXPECTED_SPEC = {
                False),
     "tgi": ((("USAGE_STATS", "off"),), (("API_KEY", "api_key"),), "/health", "openai",
             "ghcr.io/huggingface/text-generation-inference:latest", True),
+    "llama-server": ((), (("LLAMA_API_KEY", "api_key"),), "/health", "openai",
+                     "ghcr.io/ggml-org/llama.cpp:server", True),
     "chroma": ((), (), "/api/v2/healthcheck", "chroma", "chromadb/chroma:latest", False),
     "qdrant": (
         (("QDRANT__SERVICE__HOST", HOST), ("QDRANT__SERVICE__HTTP_PORT", PORT),
@@ -200,6 +219,7 @@ def test_registered_classes_and_categories() -> None:
         "transformers": ("Transformers", {"inference"}),
         "trtllm": ("TRTLLM", {"inference"}),
         "tgi": ("TGI", {"inference"}),
+        "llama-server": ("LlamaServer", {"inference", "embedding"}),
         "chroma": ("Chroma", {"vector-db"}),
         "qdrant": ("Qdrant", {"vector-db"}),
     }
@@ -250,7 +270,8 @@ def test_recipe_env_is_kept_beside_the_engine_env(tmp_path: Path) -> None:
 def test_api_key_is_only_ever_a_placeholder(tmp_path: Path, backend: str,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     secret = "sk-real-secret-4f1c9"
-    for var in ("API_KEY", "HPCSERVE_API_KEY", "QDRANT__SERVICE__API_KEY", "VLLM_API_KEY"):
+    for var in ("API_KEY", "HPCSERVE_API_KEY", "QDRANT__SERVICE__API_KEY", "VLLM_API_KEY",
+                "LLAMA_API_KEY"):
         monkeypatch.setenv(var, secret)
     spec = resolved(tmp_path, backend)
     assert secret not in json.dumps(spec.to_dict())
@@ -266,4 +287,4 @@ def test_api_key_is_only_ever_a_placeholder(tmp_path: Path, backend: str,
     assert all(KEY not in value for _, value in spec.env)
     # secret_env names the environment variable and the LaunchRequest secret, never a value.
     assert all(name == "api_key" for _, name in spec.secret_env)
-    assert bool(spec.secret_env) == (backend in ("tgi", "qdrant"))
+    assert bool(spec.secret_env) == (backend in ("tgi", "qdrant", "llama-server"))

@@ -36,8 +36,8 @@ def spec_for(tmp_path: Path, backend: str, overrides: dict[str, Any]) -> ServeSp
 def test_each_engine_declares_how_it_spans_nodes():
     modes = {name: get_backend(name).multinode.mode for name in backend_names()}
     assert modes == {"vllm": "ray", "sglang": "per-node", "trtllm": "mpi", "tgi": "none",
-                     "transformers": "none", "llama-cpp": "none", "chroma": "none",
-                     "qdrant": "none", "task": "none"}
+                     "transformers": "none", "llama-cpp": "none", "llama-server": "none",
+                     "chroma": "none", "qdrant": "none", "task": "none"}
     # SGLang's own flags (docs.sglang.io, multi-node deployment), each node told its rank
     assert get_backend("sglang").multinode.node_args == (
         "--nnodes", NNODES, "--node-rank", RANK, "--dist-init-addr", f"{HEAD}:{DIST}")

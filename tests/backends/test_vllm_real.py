@@ -222,6 +222,35 @@ def test_the_converted_tokenizer_is_the_gguf_ones(served: Served) -> None:
             assert theirs == ours, (text, theirs, ours)
 
 
+def test_metrics_from_the_engines_own_endpoint_rise_with_prompts(served: Served) -> None:
+    """`metrics(id)` reads vLLM's /metrics: the counters rise by what two prompts used (the
+    usage the engine reported), and the GPU part says there is none here."""
+    with log_tail_on_failure(served):
+        before = served.hs.metrics(served.id)
+        assert before["available"], before
+        used = {"prompt": 0, "completion": 0}
+        with httpx.Client(timeout=120) as http:
+            key = served.hs.manager.api_key(served.session)
+            for _ in range(2):
+                r = http.post(served.url + "/v1/chat/completions", headers={
+                    "Authorization": f"Bearer {key}"}, json={
+                    "model": SERVED_NAME, "max_tokens": 8, "temperature": 0,
+                    "messages": [{"role": "user", "content": "Count to three."}]})
+                r.raise_for_status()
+                usage = r.json()["usage"]
+                used["prompt"] += usage["prompt_tokens"]
+                used["completion"] += usage["completion_tokens"]
+        time.sleep(served.hs.manager.poll_interval + 0.1)  # the next scrape is due
+        after = served.hs.metrics(served.id)
+        assert after["generation_tokens_total"] - before["generation_tokens_total"] == \
+            used["completion"]
+        assert after["prompt_tokens_total"] - before["prompt_tokens_total"] == used["prompt"]
+        assert after["requests_running"] == 0 and after["requests_waiting"] == 0
+        assert after["kv_cache_usage"] is not None and 0 <= after["kv_cache_usage"] <= 1
+        assert after["generation_tokens_per_s"] and after["generation_tokens_per_s"] > 0
+        assert after["gpus"]["available"] is False and after["gpus"]["absent"]
+
+
 def engine_post(served: Served, path: str, body: dict[str, Any]) -> dict[str, Any]:
     """POST to the session's engine itself, with its key (what the facade does not expose)."""
     key = served.hs.manager.api_key(served.session)

@@ -7,6 +7,7 @@ It runs in a thread (its own sockets, not the test's event loop) and answers:
   /sse?n=N&delay=S                         N server-sent events S seconds apart
   /slow?s=S                                answers after S seconds
   /broken                                  two events, then the connection drops
+  /metrics                                 `metrics_text` as Prometheus text (404 if unset)
   anything else                            echoes method, path, query, headers and body
 Request bodies sent chunked are read chunk by chunk; `first_chunk` is set when one arrives.
 """
@@ -83,6 +84,17 @@ class _Handler(BaseHTTPRequestHandler):
                                  "headers": dict(self.headers.items())})
         if url.path == "/health":
             return self._json({"ok": True})
+        if url.path == "/metrics":
+            text = self.server.metrics_text
+            if text is None:
+                return self._json({"detail": "Not Found"}, 404)
+            data = text.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return None
         if url.path == "/v1/models":
             return self._json({"object": "list", "data": [{"id": self.server.model}]})
         if url.path == "/slow":
@@ -152,6 +164,7 @@ class _Server(ThreadingHTTPServer):
         self.seen: list[dict[str, Any]] = []
         self.chunks: list[tuple[float, int]] = []
         self.first_chunk = threading.Event()
+        self.metrics_text: str | None = None  # what /metrics answers (a recorded sample)
 
 
 class StandIn:
@@ -170,6 +183,10 @@ class StandIn:
     @property
     def seen(self) -> list[dict[str, Any]]:
         return self.server.seen
+
+    def serve_metrics(self, text: str | None) -> None:
+        """Answer /metrics with `text` (Prometheus exposition) from now on."""
+        self.server.metrics_text = text
 
     def close(self) -> None:
         self.server.shutdown()

@@ -32,7 +32,7 @@ def free_port() -> int:
 
 
 class JupyterServer:
-    def __init__(self, tmp: Path, port: int) -> None:
+    def __init__(self, tmp: Path, port: int, *args: str) -> None:
         self.url = f"http://127.0.0.1:{port}/"
         env = dict(os.environ)  # HPCSERVE_HOME etc. from the autouse fixture
         env.update(JUPYTER_RUNTIME_DIR=str(tmp / "runtime"), JUPYTER_DATA_DIR=str(tmp / "data"),
@@ -45,7 +45,7 @@ class JupyterServer:
         self.proc = subprocess.Popen(
             [str(jupyter), "server", "--no-browser", "--allow-root", "--ip=127.0.0.1",
              f"--port={port}", "--ServerApp.port_retries=0", f"--ServerApp.token={TOKEN}",
-             f"--ServerApp.root_dir={root}", "--HpcserveApp.poll_interval=0.5"],
+             f"--ServerApp.root_dir={root}", "--HpcserveApp.poll_interval=0.5", *args],
             env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.http = httpx.Client(base_url=self.url, timeout=60, trust_env=False,
                                  headers={"Authorization": f"token {TOKEN}"})

@@ -114,3 +114,24 @@ async def test_endpoints_update_keeps_counters():
     assert [x.url for x in g.replicas] == ["a", "c"]
     g.release(r)
     assert r.inflight == 0
+
+
+async def test_degraded_replicas_leave_the_rotation_until_the_manager_clears_them():
+    """The manager's health probes mark replicas degraded (a hung engine accepts connections,
+    so no connection error would take it out); its own health check does not bring it back."""
+    g = group(["a", "b"], healthy={"a", "b"})
+    g.update(["a", "b"], degraded=["b"])
+    picks = []
+    for _ in range(4):
+        r = await g.acquire()
+        picks.append(r.url)
+        g.release(r)
+    assert picks == ["a"] * 4
+    assert [x["degraded"] for x in g.view()["replicas"]] == [False, True]
+    g.update(["a", "b"], degraded=["a", "b"])
+    with pytest.raises(NoReplica, match="fail their health checks"):
+        await g.acquire()  # "b" passes the group's own check: still out
+    g.update(["a", "b"], degraded=[])
+    r = await g.acquire()
+    assert r.url in ("a", "b")
+    g.release(r)

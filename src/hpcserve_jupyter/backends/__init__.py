@@ -22,6 +22,7 @@ BUILTIN = {
     "trtllm": "hpcserve_jupyter.backends.trtllm:TRTLLM",
     "tgi": "hpcserve_jupyter.backends.tgi:TGI",
     "llama-cpp": "hpcserve_jupyter.backends.llama_cpp:LlamaCpp",
+    "llama-server": "hpcserve_jupyter.backends.llama_server:LlamaServer",
     "chroma": "hpcserve_jupyter.backends.chroma:Chroma",
     "qdrant": "hpcserve_jupyter.backends.qdrant:Qdrant",
     "task": "hpcserve_jupyter.backends.task:Task",

@@ -79,6 +79,10 @@ class Backend:
     # The engine's tokenizer over HTTP, or None when it has none (the gateway then counts the
     # content deltas of a stream; see jupyter/usage.py).
     token_counter: ClassVar[TokenCounter | None] = None
+    # The engine's own Prometheus endpoint and the mapping (metrics/engine.py FORMATS) that
+    # reads a session's live numbers from it; None where the engine serves none.
+    metrics_path: ClassVar[str | None] = None
+    metrics_format: ClassVar[str | None] = None
 
     def argv(self, ctx: Context) -> list[str]:
         raise NotImplementedError

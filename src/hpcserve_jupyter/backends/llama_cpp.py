@@ -24,6 +24,10 @@ class LlamaCpp(Backend):
     # Its streams carry no usage; POST /extras/tokenize {"input"} -> {"tokens"} (app.py of
     # 0.3.36; /tokenize is 404). It cannot apply its chat template over HTTP.
     token_counter = TokenCounter(TokenRoute("/extras/tokenize", "input"))
+    # llama-cpp-python's server has no /metrics (app.py of 0.3.36 has no such route);
+    # llama.cpp's own llama-server --metrics does (format "llama-server").
+    metrics_path = None
+    metrics_format = None
 
     def argv(self, ctx: Context) -> list[str]:
         args = {

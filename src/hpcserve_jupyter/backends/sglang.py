@@ -29,6 +29,10 @@ class SGLang(Backend):
         f"{HEAD_ADDR}:{DIST_PORT}"), note="how SGLang spans nodes")
     # POST /v1/tokenize {"prompt"} -> {"tokens", "count", ...} (serving_tokenize.py); text only.
     token_counter = TokenCounter(TokenRoute("/v1/tokenize", "prompt", "count"))
+    # Served only when started with --enable-metrics (engine_args `enable-metrics: true`);
+    # otherwise /metrics answers 404.
+    metrics_path = "/metrics"
+    metrics_format = "sglang"
 
     def argv(self, ctx: Context) -> list[str]:
         # An embedding recipe needs the causal LM served as an embedding model; engine_args can

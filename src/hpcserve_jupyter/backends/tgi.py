@@ -28,6 +28,8 @@ class TGI(Backend):
     token_counter = TokenCounter(TokenRoute("/tokenize", "inputs", "", model=False),
                                  chat=TokenRoute("/chat_tokenize", "messages",
                                                  "tokenize_response"))
+    metrics_path = "/metrics"  # the router's, on its HTTP port (also on --prometheus-port)
+    metrics_format = "tgi"
 
     def argv(self, ctx: Context) -> list[str]:
         argv = [

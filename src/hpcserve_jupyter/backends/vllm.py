@@ -25,6 +25,8 @@ class VLLM(Backend):
     # POST /tokenize takes {"prompt"} or {"messages"} (its chat template) -> {"count", ...}.
     token_counter = TokenCounter(TokenRoute("/tokenize", "prompt", "count"),
                                  chat=TokenRoute("/tokenize", "messages", "count"))
+    metrics_path = "/metrics"  # always served by the OpenAI server
+    metrics_format = "vllm"
 
     def argv(self, ctx: Context) -> list[str]:
         argv = [

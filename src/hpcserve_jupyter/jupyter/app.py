@@ -111,6 +111,20 @@ class HpcserveApp(ExtensionApp):
     replica_recheck_interval = Float(
         5.0, config=True,
         help="Seconds between health checks of a replica taken out of the rotation.")
+    expiry_warning = Float(
+        600.0, config=True,
+        help="""Seconds of time left at which a session's `expiring` event is sent (once), and
+        the idle autostop warning at the latest.""")
+    health_interval = Float(
+        15.0, config=True,
+        help="""Seconds between health probes of a ready session (in the background); an
+        engine that fails `health_failures` in a row is marked degraded and routed around.""")
+    health_failures = Int(
+        2, config=True, help="Failed probes in a row that make a ready session degraded.")
+    max_lifetime_bound = Unicode(
+        "7d", config=True,
+        help="""The longest `extend` may make a session's max lifetime (from its launch),
+        e.g. '24h' or '7d'.""")
     events_keepalive_interval = Float(
         15.0, config=True,
         help="Seconds between keepalive comments on the Server-Sent Events stream.")
@@ -132,6 +146,16 @@ class HpcserveApp(ExtensionApp):
     def _valid_duration(self, proposal: dict[str, Any]) -> str:
         return _duration_or_off(proposal["value"])
 
+    @validate("max_lifetime_bound")
+    def _valid_bound(self, proposal: dict[str, Any]) -> str:
+        from ..durations import parse_duration
+
+        try:
+            parse_duration(proposal["value"])
+        except ValueError as exc:
+            raise TraitError(f"HpcserveApp.max_lifetime_bound: {exc}") from None
+        return str(proposal["value"])
+
     # ------------------------------------------------------------------ wiring
 
     service: SessionService
@@ -149,7 +173,10 @@ class HpcserveApp(ExtensionApp):
             extra_recipe_dirs=[Path(d).expanduser() for d in self.recipe_dirs],
             targets_file=Path(self.targets_file).expanduser() if self.targets_file else None,
             defaults=LaunchDefaults(idle_timeout=self.default_idle_timeout or None,
-                                    max_lifetime=self.default_max_lifetime or None),
+                                    max_lifetime=self.default_max_lifetime or None,
+                                    lifetime_bound=self.max_lifetime_bound),
+            expiry_warning=self.expiry_warning, health_interval=self.health_interval,
+            health_failures=self.health_failures,
             # shown on every target use, not a dead server
             on_config_error=lambda message: self.log.error("hpcserve: %s", message),
             poll_interval=self.poll_interval, start_timeout=self.start_timeout,
@@ -276,13 +303,12 @@ class HpcserveApp(ExtensionApp):
         group = self.groups.get(session.id)
         if group is None:
             group = ReplicaGroup(
-                list(session.endpoints), health=self._health_check(session),
+                [], health=self._health_check(session),
                 max_inflight=self.max_inflight_per_replica, max_queue=self.max_queue,
                 queue_timeout=self.queue_timeout, max_failures=self.replica_max_failures,
                 recheck_interval=self.replica_recheck_interval)
             self.groups[session.id] = group
-        else:
-            group.update(list(session.endpoints))
+        group.update(list(session.endpoints), session.degraded_endpoints)
         return group
 
     def touch(self, session_id: str) -> None:

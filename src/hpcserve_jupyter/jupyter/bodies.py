@@ -125,3 +125,19 @@ class JupyterAiBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     default: bool = Field(False, strict=True,
                           description="also make the session Jupyter AI's default chat model")
+
+
+class RelaunchBody(BaseModel):
+    """The body of POST /hpcserve/api/sessions/{id}/relaunch (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, pattern=NAME_PATTERN, description="the new session's name "
+                             "(default: the old one with the next number)")
+
+
+class ExtendBody(BaseModel):
+    """The body of POST /hpcserve/api/sessions/{id}/extend."""
+
+    model_config = ConfigDict(extra="forbid")
+    time: str | int = Field(description="how much longer: '30m', '2h', '1:30:00' or seconds",
+                            examples=["30m"])

@@ -10,7 +10,7 @@ from typing import Any
 
 from .._version import __version__
 from .base import INT64_MAX
-from .bodies import JobBody, JupyterAiBody, KeyBody, LaunchBody
+from .bodies import ExtendBody, JobBody, JupyterAiBody, KeyBody, LaunchBody, RelaunchBody
 
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
@@ -99,7 +99,7 @@ def _schemas() -> dict[str, Any]:
     error_fields = {
         "type": {"type": "string"},
         "reason": {"type": "string", "description": "proxy/gateway: starting | gone | "
-                   "unreachable | timeout | overloaded | bad-path"},
+                   "unreachable | timeout | overloaded | degraded | bad-path"},
         "session_id": {"type": "string"}, "session_state": {"type": "string"}}
     detail = {"type": "string", "nullable": True, "description": "how to fix it"}
     return {
@@ -131,8 +131,21 @@ def _schemas() -> dict[str, Any]:
             "idle_timeout_s": {"type": "integer", "nullable": True},
             "max_lifetime_s": {"type": "integer", "nullable": True},
             "owner": {"type": "string"}, "unreachable": {"type": "boolean"},
+            "degraded": {"type": "boolean", "description": "ready, but its engine (or some "
+                         "replicas) fails its health checks: the gateway routes around them"},
+            "degraded_reason": {"type": "string"},
+            "degraded_endpoints": {"type": "array", "items": {"type": "string"}},
             "exit_code": {"type": "integer", "nullable": True}, "log_tail": {"type": "string"},
             "version": {"type": "integer"}, "age_s": {"type": "number"},
+            "time_limit_s": {"type": "integer", "nullable": True, "description":
+                             "the nearer of the target's own limit (SLURM --time, Tapis "
+                             "maxMinutes, a pod's time_to_stop) and the max lifetime"},
+            "time_left_s": {"type": "integer", "nullable": True, "description":
+                            "seconds until that limit ends it (null: nothing limits it, "
+                            "or it has ended)"},
+            "ends_at": {"type": "string", "format": "date-time", "nullable": True},
+            "idle_stop_in_s": {"type": "integer", "nullable": True, "description":
+                               "while ready: seconds until idle autostop"},
             "resources": obj}},
         "SessionList": {"type": "object", "properties": {
             "sessions": {"type": "array", "items": _ref("Session")}}},
@@ -146,8 +159,11 @@ def _schemas() -> dict[str, Any]:
                   "holds the live `sessions` and `jobs`", "properties": {
             "type": {"type": "string", "description": "snapshot | created | starting | ready | "
                      "stop | stopped | failed | timeout | unreachable | reachable | resync ...; "
+                     "notices (with `message`): expiring | idle-expiring | extended | degraded "
+                     "| healthy; "
                      "for jobs also queued | running | progress (done/failed counts changed) | "
                      "done | cancel | cancelled | launch-failed"},
+            "message": {"type": "string", "description": "what a notice says"},
             "session": _ref("Session"), "sessions": {"type": "array",
                                                      "items": _ref("Session")},
             "job": _ref("Job"), "jobs": {"type": "array", "items": _ref("Job")},
@@ -247,6 +263,68 @@ def _jupyter_ai_paths(api: str) -> dict[str, Any]:
                 "session_id": {"type": "string"}, "name": {"type": "string"},
                 "removed": {"type": "boolean"}}}), **NO_SESSION},
             params=[ID], operation_id="dropFromJupyterAi")}}
+
+
+def _lifetime_paths(api: str) -> dict[str, Any]:
+    relaunch = RelaunchBody.model_json_schema()
+    extend = ExtendBody.model_json_schema()
+    for schema in (relaunch, extend):
+        schema.pop("title", None)
+    return {
+        f"{api}/sessions/{{id}}/relaunch": {"post": _op(
+            "Launch a new session like this one", {
+                "201": _json(_ref("Session"), "launched; Location names the new session"),
+                "400": _error("bad body or name, or the recipe no longer resolves"),
+                **NO_SESSION},
+            params=[ID], body={"required": False, "content": {JSON: {"schema": relaunch}}},
+            operation_id="relaunchSession",
+            description="Same recipe, backend, target and overrides (the session may have "
+            "ended); the name gets the next number unless one is given.")},
+        f"{api}/sessions/{{id}}/extend": {"post": _op(
+            "Give a live session more time", {
+                "200": _json({"type": "object", "properties": {
+                    "session": _ref("Session"), "message": {
+                        "type": "string", "description": "what the target answered"}}}),
+                "400": _error("bad time, the session has ended, the target cannot extend "
+                              "(Tapis), SLURM refused (its own words), or past the bound"),
+                **NO_SESSION},
+            params=[ID], body={"required": True, "content": {JSON: {"schema": extend}}},
+            operation_id="extendSession",
+            description="SLURM: scontrol update TimeLimit+= (usually only an operator may "
+            "raise it); every target: the max lifetime (autostop), within the server's "
+            "max_lifetime_bound.")},
+    }
+
+
+def _metrics_paths(api: str) -> dict[str, Any]:
+    num = {"type": "number", "nullable": True}
+    gpu = {"type": "object", "properties": {
+        "index": {"type": "integer"}, "uuid": {"type": "string"}, "name": {"type": "string"},
+        "utilization_pct": num, "memory_used_mib": num, "memory_total_mib": num}}
+    schema = {"type": "object", "properties": {
+        "session_id": {"type": "string"},
+        "available": {"type": "boolean", "description": "the engine's metrics were scraped"},
+        "reason": {"type": "string", "nullable": True, "description": "why not (no metrics "
+                   "endpoint, not ready, the scrape failed)"},
+        "requests_running": num, "requests_waiting": num, "prompt_tokens_total": num,
+        "generation_tokens_total": num, "generation_tokens_per_s": num,
+        "prompt_tokens_per_s": num, "kv_cache_usage": {**num, "description": "0..1"},
+        "scraped_at": {"type": "string", "format": "date-time"},
+        "history": {"type": "array", "description": "[epoch s, generated tokens/s, requests "
+                    "running] per 10 s over the last minutes (a sparkline's points)",
+                    "items": {"type": "array", "items": num}},
+        "gpus": {"type": "object", "properties": {
+            "available": {"type": "boolean"}, "absent": {"type": "boolean",
+                                                         "description": "there is no GPU"},
+            "reason": {"type": "string", "nullable": True},
+            "gpus": {"type": "array", "items": gpu}}}}}
+    return {f"{api}/sessions/{{id}}/metrics": {"get": _op(
+        "Live serving metrics and GPU use", {"200": _json(schema), **NO_SESSION},
+        params=[ID], operation_id="sessionMetrics",
+        description="Read from the engine's own Prometheus endpoint (vLLM, SGLang, TGI, "
+        "llama-server) at most once per monitor tick, and only while someone asks: each call "
+        "keeps the session watched for a minute. GPU use from nvidia-smi where the session "
+        "runs (SLURM: srun --overlap), at most every 30 s.")}}
 
 
 def _job_schema() -> dict[str, Any]:
@@ -455,6 +533,8 @@ def _paths() -> dict[str, Any]:
         **_job_paths(api),
         **_key_paths(api),
         **_jupyter_ai_paths(api),
+        **_lifetime_paths(api),
+        **_metrics_paths(api),
         f"{api}/refresh": {"post": _op("One monitor pass now; the live sessions", {
             "200": _json(_ref("SessionList"))})},
         f"{api}/events": {"get": _op(

@@ -39,10 +39,16 @@ class Replica:
     out: bool = False  # taken out of rotation until its health check passes
     next_check: float = 0.0
     served: int = 0
+    degraded: bool = False  # the manager's probes say it hangs: out until they pass
+
+    @property
+    def serving(self) -> bool:
+        return not self.out and not self.degraded
 
     def view(self) -> dict[str, object]:
-        return {"url": self.url, "inflight": self.inflight, "in_service": not self.out,
-                "consecutive_failures": self.failures, "served": self.served}
+        return {"url": self.url, "inflight": self.inflight, "in_service": self.serving,
+                "consecutive_failures": self.failures, "served": self.served,
+                "degraded": self.degraded}
 
 
 @dataclass
@@ -74,12 +80,17 @@ class ReplicaGroup:
 
     # ------------------------------------------------------------------ membership
 
-    def update(self, endpoints: list[str]) -> None:
-        """Follow the session's endpoints; replicas that stay keep their counters."""
-        if [r.url for r in self.replicas] == list(endpoints):
+    def update(self, endpoints: list[str], degraded: list[str] | None = None) -> None:
+        """Follow the session's endpoints and which of them its health probes call degraded;
+        replicas that stay keep their counters."""
+        bad = set(degraded or ())
+        if [r.url for r in self.replicas] == list(endpoints) and \
+                {r.url for r in self.replicas if r.degraded} == bad:
             return
         known = {r.url: r for r in self.replicas}
         self.replicas = [known.get(url) or Replica(url) for url in endpoints]
+        for r in self.replicas:
+            r.degraded = r.url in bad
         self._dispatch()
 
     @property
@@ -94,13 +105,13 @@ class ReplicaGroup:
     # ------------------------------------------------------------------ choosing
 
     def _in_service(self, exclude: frozenset[str]) -> list[Replica]:
-        return [r for r in self.replicas if not r.out and r.url not in exclude]
+        return [r for r in self.replicas if r.serving and r.url not in exclude]
 
     def _next_free(self, exclude: frozenset[str], limit: bool = True) -> Replica | None:
         n = len(self.replicas)
         for i in range(n):
             r = self.replicas[(self._rr + i) % n]
-            if r.out or r.url in exclude:
+            if not r.serving or r.url in exclude:
                 continue
             if limit and self.max_inflight and r.inflight >= self.max_inflight:
                 continue
@@ -183,6 +194,10 @@ class ReplicaGroup:
             return "the session has no endpoint yet"
         if exclude and len(exclude) >= len(self.replicas):
             return f"no replica of {len(self.replicas)} could be reached"
+        if all(r.degraded or r.out for r in self.replicas) and \
+                any(r.degraded for r in self.replicas):
+            return (f"all {len(self.replicas)} replica(s) fail their health checks (degraded); "
+                    "they return to the rotation when the checks pass")
         return (f"all {len(self.replicas)} replica(s) are out of service after repeated "
                 "connection failures; they return when their health check passes")
 

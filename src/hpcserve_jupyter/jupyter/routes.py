@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import ai_handlers, gateway, handlers, job_handlers, key_handlers, proxy
+from . import ai_handlers, gateway, handlers, job_handlers, key_handlers, lifetime_handlers, proxy
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ ROUTES: list[Route] = [
     Route(f"{API}/sessions", handlers.SessionsHandler),
     Route(f"{API}/sessions/{{id}}", handlers.SessionHandler),
     Route(f"{API}/sessions/{{id}}/keepalive", handlers.KeepaliveHandler),
+    Route(f"{API}/sessions/{{id}}/relaunch", lifetime_handlers.RelaunchHandler),
+    Route(f"{API}/sessions/{{id}}/extend", lifetime_handlers.ExtendHandler),
+    Route(f"{API}/sessions/{{id}}/metrics", lifetime_handlers.MetricsHandler),
     Route(f"{API}/sessions/{{id}}/logs", handlers.LogsHandler),
     Route(f"{API}/sessions/{{id}}/jupyter-ai", ai_handlers.JupyterAiHandler),
     Route(f"{API}/sessions/{{id}}/v1/live", gateway.LiveHandler),

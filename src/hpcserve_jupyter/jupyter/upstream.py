@@ -162,6 +162,11 @@ async def open_upstream(handler: HpcserveHandler, session: Session, *, method: s
                            headers={"Retry-After": str(exc.retry_after)}, reason="overloaded",
                            session_id=session.id, session_state=str(session.state)) from None
         except NoReplica as exc:
+            if session.degraded:
+                raise ApiError(503, f"session {session.name} is degraded: {exc}",
+                               detail=session.degraded_reason or None, reason="degraded",
+                               headers={"Retry-After": "15"}, session_id=session.id,
+                               session_state=str(session.state)) from None
             raise _unreachable(handler, session, str(exc)) from None
         try:
             origin, target = upstream_target(replica.url, path, query)

@@ -24,6 +24,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from .. import views
 from ..cmdargs import add_launch_arguments, count_arg, launch_overrides, seconds_arg
+from ..lifetimecli import relaunch_words
 from ..weightscli import add_pull_parser
 from .jobs import JobCommands, add_job_parser
 
@@ -108,6 +109,8 @@ def build_line_parser() -> UsageParser:
 
     sub.add_parser("stop", help="stop a session").add_argument("id", nargs="?")
     sub.add_parser("keepalive", help="reset a session's idle timer").add_argument("id", nargs="?")
+    relaunch, _ = relaunch_words(sub, seconds_arg, id_optional=True)
+    relaunch.add_argument("--no-wait", action="store_true", help="return at once")
     sub.add_parser("use", help="the session %%%%serve prompts by default").add_argument("id")
     sub.add_parser("models", help="the models a session serves").add_argument("id", nargs="?")
     sub.add_parser("panel", help="the control panel (widgets)")
@@ -258,7 +261,7 @@ class HpcserveMagics(Magics):
             "logs": self.cmd_logs, "stop": self.cmd_stop, "keepalive": self.cmd_keepalive,
             "use": self.cmd_use, "models": self.cmd_models, "panel": self.cmd_panel,
             "bench": self.cmd_bench, "job": JobCommands(self), "ai": self.cmd_ai,
-            "pull": self.cmd_pull,
+            "pull": self.cmd_pull, "relaunch": self.cmd_relaunch, "extend": self.cmd_extend,
         }
 
     @property
@@ -360,7 +363,9 @@ class HpcserveMagics(Magics):
     def cmd_status(self, args: argparse.Namespace) -> SessionView:
         hp = self.facade
         if args.id:
-            return views.SessionDetail(hp.status(args.id))
+            session = hp.status(args.id)
+            metrics = hp.metrics(session.id) if session.state == "ready" else None
+            return views.SessionDetail(session, metrics)
         empty = "no sessions" if args.all else \
             "no live sessions (`%serve status --all` lists ended ones)"
         return views.SessionList(hp.sessions(live_only=not args.all), empty=empty)
@@ -377,6 +382,19 @@ class HpcserveMagics(Magics):
 
     def cmd_keepalive(self, args: argparse.Namespace) -> views.SessionNote:
         return views.SessionNote(self.facade.keepalive(self._key(args.id)), "idle timer reset")
+
+    def cmd_relaunch(self, args: argparse.Namespace) -> SessionView:
+        old = self.facade.status(self._key(args.id))
+        session = self.facade.relaunch(old.id, name=args.name, wait=False)
+        self.current = session.id
+        header = f"launched {session.name} (id {session.id}) on {session.target}, like {old.name}"
+        if args.no_wait:
+            return views.SessionNote(session, f"{session.state}; {header}")
+        return self._outcome(self._wait(session, args.timeout, header))
+
+    def cmd_extend(self, args: argparse.Namespace) -> views.SessionNote:
+        session, message = self.facade.extend(self._key(args.id), args.time)
+        return views.SessionNote(session, message)
 
     def cmd_use(self, args: argparse.Namespace) -> views.SessionNote:
         session = self.facade.status(args.id)

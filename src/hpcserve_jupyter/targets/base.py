@@ -84,6 +84,10 @@ class TargetStatus:
     log_tail: str | None = None
     endpoints: list[str] | None = None  # base URLs, one per replica, once known
     handle_update: dict[str, Any] | None = None  # merged into the stored handle
+    # The target's own time limit (seconds) and, once it runs, what is left of it as of this
+    # poll: SLURM's squeue %l/%L, Tapis maxMinutes, a pod's time_to_stop. None: unknown.
+    time_limit_s: int | None = None
+    time_left_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,18 @@ class Target:
     def secret_settings(self) -> list[SecretSetting]:
         """The secrets this target reads from environment variables (names, not values)."""
         return []
+
+    async def extend(self, handle: Mapping[str, Any], add_s: int) -> str | None:
+        """Give a running session `add_s` more seconds where the target itself limits it;
+        returns what the target answered. None: nothing here limits it but hpcserve's own
+        max lifetime (which the manager raises). A target that cannot raises BadInput."""
+        return None
+
+    async def gpu_report(self, handle: Mapping[str, Any]) -> Any:
+        """The use of the session's GPUs (a metrics.GpuReport), or why it is not known."""
+        from ..metrics import GpuReport
+
+        return GpuReport(reason=f"GPU use is not available on {self.kind} targets")
 
     @property
     def offline(self) -> bool:

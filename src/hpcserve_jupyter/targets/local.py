@@ -318,6 +318,25 @@ class LocalTarget(Target):
         """Local engines inherit this process's environment, so HF_TOKEN reaches them."""
         return [SecretSetting("Hugging Face token", "HF_TOKEN")]
 
+    async def gpu_report(self, handle: Mapping[str, Any]) -> Any:
+        """nvidia-smi here, narrowed to the GPUs the session's replicas were given."""
+        from ..metrics import NVIDIA_SMI, gpu_report, select_gpus
+
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *NVIDIA_SMI, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 20)
+            report = gpu_report(proc.returncode or 0, out.decode(errors="replace"),
+                                err.decode(errors="replace"))
+        except FileNotFoundError:
+            report = gpu_report(127, "", "nvidia-smi: not found")
+        except TimeoutError:
+            from ..metrics import GpuReport
+
+            return GpuReport(reason="nvidia-smi did not answer within 20 s")
+        mine = [g for r in handle.get("replicas", []) for g in r.get("gpus", [])]
+        return select_gpus(report, mine if report.gpus else None)
+
     async def cached_model(self, repo_id: str, filename: str | None = None,
                            revision: str = "main") -> str | None:
         """In the Hugging Face cache the engines read: this process's environment with the

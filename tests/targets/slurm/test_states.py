@@ -62,3 +62,19 @@ def test_an_ended_job_without_an_accounted_exit_code_reports_the_engines(tmp_pat
         in gone.reason
     accounted = target._status(handle, JobInfo("7", "FAILED", exit_code=1))
     assert accounted.reason == "the job ended FAILED (exit code 1)"  # sacct's own code wins
+
+
+def test_squeue_time_limit_and_time_left():
+    """%l and %L as squeue prints them (the limit while pending, MM:SS under an hour)."""
+    jobs = parse_squeue("201|RUNNING|None|n1|10:00|9:58\n"
+                        "202|PENDING|Priority||1-02:00:00|1-02:00:00\n"
+                        "203|RUNNING|None|n1|UNLIMITED|UNLIMITED\n"
+                        "204|RUNNING|None|n1|2:00:00|0:00\n"
+                        "205|RUNNING|None|n1|NOT_SET|INVALID\n")
+    assert (jobs["201"].time_limit_s, jobs["201"].time_left_s) == (600, 598)
+    assert (jobs["202"].time_limit_s, jobs["202"].time_left_s) == (93600, 93600)
+    assert (jobs["203"].time_limit_s, jobs["203"].time_left_s) == (None, None)
+    assert (jobs["204"].time_limit_s, jobs["204"].time_left_s) == (7200, 0)
+    assert (jobs["205"].time_limit_s, jobs["205"].time_left_s) == (None, None)
+    # the four-field lines of older callers still parse, without times
+    assert parse_squeue("206|RUNNING|None|n1\n")["206"].time_left_s is None

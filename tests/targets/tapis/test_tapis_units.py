@@ -299,3 +299,15 @@ def test_a_token_that_is_not_a_jwt_is_refused_without_quoting_it(monkeypatch):
     with pytest.raises(BadInput, match=r"\$T_TOKEN is not a Tapis token") as err:
         session.client()
     assert "not-a-jwt" not in str(err.value)
+
+
+def test_pod_time_left_from_time_to_stop_ts():
+    from hpcserve_jupyter.targets.tapis import states as pstates
+
+    pod = {"time_to_stop_default": 3600, "time_to_stop_instance": None,
+           "time_to_stop_ts": "1970-01-01T01:16:40"}  # naive = UTC: t=4600
+    assert pstates.time_limit(pod) == 3600
+    assert pstates.time_left(pod, now=1000.0) == 3600.0
+    assert pstates.time_limit({**pod, "time_to_stop_instance": 600}) == 600
+    assert pstates.time_limit({"time_to_stop_default": -1}) is None
+    assert pstates.time_left({"time_to_stop_ts": None}, now=1.0) is None

@@ -202,3 +202,15 @@ def test_app_definition_and_layout():
     assert under.files_path("/home/jdoe/h/apps") == "h/apps"
     with pytest.raises(BadInput, match="outside"):
         under.files_path("/etc/passwd")
+
+
+def test_time_left_from_max_minutes_and_remote_started():
+    from hpcserve_jupyter.targets.tapis_jobs import states as jstates
+
+    job = {"maxMinutes": 30, "remoteStarted": "1970-01-01T00:16:40.000000Z"}  # t=1000
+    assert jstates.time_limit_of(job) == 1800
+    assert jstates.time_left_of(job, now=1600.0) == 1200.0
+    assert jstates.time_left_of(job, now=9999.0) == 0.0
+    assert jstates.time_left_of({"maxMinutes": 30}, now=1600.0) is None  # not started
+    assert jstates.time_limit_of({"maxMinutes": None}) is None
+    assert jstates.time_left_of({**job, "remoteStarted": "garbage"}, now=1.0) is None

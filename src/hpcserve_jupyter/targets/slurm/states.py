@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from ..base import Phase, exit_text
 
-SQUEUE_FORMAT = "%i|%T|%r|%N"
+# job id, state, reason, nodes, time limit (%l), time left (%L; the limit while pending)
+SQUEUE_FORMAT = "%i|%T|%r|%N|%l|%L"
 SACCT_FIELDS = "JobIDRaw,State,ExitCode,Reason"
 
 _PHASES = {
@@ -36,6 +37,8 @@ class JobInfo:
     nodes: str = ""
     exit_code: int | None = None
     signal: int | None = None
+    time_limit_s: int | None = None  # None: UNLIMITED, or not listed (sacct)
+    time_left_s: int | None = None
 
     @property
     def phase(self) -> Phase:
@@ -75,8 +78,24 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
         if len(parts) < 4 or not parts[0]:
             continue
         job_id = parts[0].split("_")[0]
-        jobs[job_id] = JobInfo(job_id, _state(parts[1]), parts[2], parts[3])
+        limit, left = (slurm_seconds(parts[4]), slurm_seconds(parts[5])) if len(parts) >= 6 \
+            else (None, None)
+        jobs[job_id] = JobInfo(job_id, _state(parts[1]), parts[2], parts[3],
+                               time_limit_s=limit, time_left_s=left)
     return jobs
+
+
+def slurm_seconds(text: str) -> int | None:
+    """squeue's `[D-]HH:MM:SS` / `MM:SS` durations; None for UNLIMITED, NOT_SET, INVALID."""
+    from ...durations import parse_duration
+
+    text = text.strip()
+    if not text or not text[0].isdigit():
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError:  # "0:00" (nothing left): parse_duration wants a positive duration
+        return 0 if set(text) <= set("0:-") else None
 
 
 def parse_sacct(text: str) -> dict[str, JobInfo]:

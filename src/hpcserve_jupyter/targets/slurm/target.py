@@ -281,17 +281,20 @@ class SlurmTarget(Target):
                                 + (f" (the engine's {exit_text(code)})" if code is not None
                                    else ""), exit_code=code, log_tail=self._log_tail(handle))
         phase = info.phase
+        timing = {"time_limit_s": info.time_limit_s}
         if phase == Phase.PENDING:
-            return TargetStatus(Phase.PENDING, reason=info.describe())
+            return TargetStatus(Phase.PENDING, reason=info.describe(), **timing)
         if phase == Phase.RUNNING:
+            timing["time_left_s"] = info.time_left_s
             update = None
             if "ports" not in handle:
                 if published is None:
-                    return TargetStatus(Phase.RUNNING, reason=f"running on {info.nodes}")
+                    return TargetStatus(Phase.RUNNING, reason=f"running on {info.nodes}",
+                                        **timing)
                 update = {"node": published[0], "ports": published[1]}
                 handle = {**handle, **update}
             return TargetStatus(Phase.RUNNING, endpoints=self._urls(handle),
-                                handle_update=update)
+                                handle_update=update, **timing)
         if phase == Phase.STOPPING:
             return TargetStatus(Phase.STOPPING, reason=f"job {info.state.lower()}")
         self._close_tunnels(handle)
@@ -372,6 +375,38 @@ class SlurmTarget(Target):
             close_endpoint_tunnels(handle["node"], handle["ports"], self._shell)
 
     # ------------------------------------------------------------------ stop and logs
+
+    async def gpu_report(self, handle: Mapping[str, Any]) -> Any:
+        """nvidia-smi inside the job's allocation (`srun --overlap --jobid`), from the login
+        node: the GPUs the job was given."""
+        from ..metrics import NVIDIA_SMI, GpuReport, gpu_report
+
+        job = str(handle.get("job_id") or "")
+        if not job.isdigit():
+            return GpuReport(reason="the session has no SLURM job yet")
+        argv = ["srun", "--overlap", f"--jobid={job}", "--ntasks=1", "--quiet", *NVIDIA_SMI]
+        try:
+            out = await asyncio.to_thread(self._run, argv)
+            return gpu_report(0, out.stdout, out.stderr)
+        except RemoteCommandError as exc:
+            return gpu_report(exc.exit_code, exc.stdout, exc.stderr)
+
+    async def extend(self, handle: Mapping[str, Any], add_s: int) -> str | None:
+        """`scontrol update JobId=J TimeLimit+=M`: only an operator or administrator may raise
+        a time limit on most sites, so SLURM's own refusal is passed on as it is."""
+        job = str(handle.get("job_id") or "")
+        if not job.isdigit():
+            raise BadInput("this session has no SLURM job yet to extend")
+        minutes = max(1, -(-add_s // 60))  # SLURM counts whole minutes, rounding up
+        argv = ["scontrol", "update", f"JobId={job}", f"TimeLimit+={minutes}"]
+        try:
+            out = await asyncio.to_thread(self._scheduler, argv)
+        except RemoteCommandError as exc:
+            answer = (exc.stderr.strip() or exc.stdout.strip() or f"exit {exc.exit_code}")
+            raise BadInput(f"SLURM refused to extend job {job} by {minutes} min: {answer}",
+                           hint="raising a time limit usually needs a SLURM operator or "
+                           "administrator; ask your site, or relaunch the session") from None
+        return out.strip() or f"job {job}: time limit raised by {minutes} min"
 
     async def stop(self, handle: Mapping[str, Any]) -> None:
         await asyncio.to_thread(self._stop, handle)

@@ -25,17 +25,33 @@ PENDING_STATES = ("REQUESTED", "SPAWNER SETUP")
 ENDED_STATES = ("ERROR", "COMPLETE")
 
 
-def _past(ts: Any) -> bool:
-    """True when an ISO timestamp (naive = UTC, as the service writes them) has passed."""
+def _when(ts: Any) -> dt.datetime | None:
+    """An ISO timestamp (naive = UTC, as the service writes them), or None."""
     if not isinstance(ts, str) or not ts:
-        return False
+        return None
     try:
         when = dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
     except ValueError:
-        return False
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when <= dt.datetime.now(dt.UTC)
+        return None
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when
+
+
+def _past(ts: Any) -> bool:
+    """True when an ISO timestamp has passed."""
+    when = _when(ts)
+    return when is not None and when <= dt.datetime.now(dt.UTC)
+
+
+def time_limit(pod: dict[str, Any]) -> int | None:
+    """The pod's time_to_stop in seconds (the instance's, else the default); -1: none."""
+    ttl = pod.get("time_to_stop_instance") or pod.get("time_to_stop_default")
+    return int(ttl) if isinstance(ttl, int | float) and ttl > 0 else None
+
+
+def time_left(pod: dict[str, Any], now: float) -> float | None:
+    """Seconds to time_to_stop_ts, when the service stops the running pod."""
+    when = _when(pod.get("time_to_stop_ts"))
+    return None if when is None else max(0.0, when.timestamp() - now)
 
 
 def container_detail(pod: dict[str, Any]) -> str:
@@ -56,9 +72,12 @@ def phase_of(pod: dict[str, Any]) -> TargetStatus:
     status = str(pod.get("status") or "").upper()
     pod_id = pod.get("pod_id", "?")
     if status in PENDING_STATES:
-        return TargetStatus(Phase.PENDING, reason=f"pod {pod_id} is {status}")
+        return TargetStatus(Phase.PENDING, reason=f"pod {pod_id} is {status}",
+                            time_limit_s=time_limit(pod))
     if status in ("CREATING", "AVAILABLE"):
-        return TargetStatus(Phase.RUNNING, reason=f"pod {pod_id} is {status}")
+        return TargetStatus(Phase.RUNNING, reason=f"pod {pod_id} is {status}",
+                            time_limit_s=time_limit(pod),
+                            time_left_s=time_left(pod, dt.datetime.now(dt.UTC).timestamp()))
     if status == "DELETING":
         return TargetStatus(Phase.STOPPING, reason=f"pod {pod_id} is being stopped")
     if status == "STOPPED":

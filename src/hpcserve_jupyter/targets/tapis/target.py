@@ -169,6 +169,12 @@ class TapisPodsTarget(Target):
                 left.append(f"volume {volume_id}")
         return " and ".join(left)
 
+    async def extend(self, handle: Mapping[str, Any], add_s: int) -> str | None:
+        raise BadInput("a pod's time_to_stop counts from its start and changes only when the "
+                       "pod restarts, which would end this session",
+                       hint="relaunch the session (hpcserve relaunch ID) with a longer time "
+                       "limit: --set time=...")
+
     async def cached_model(self, repo_id: str, filename: str | None = None,
                            revision: str = "main") -> str | None:
         """In the shared model volume (`volume_id`), as `hpcserve pull --on` fills it: the

@@ -21,7 +21,7 @@ from .config import TapisJobsConfig
 
 # The job fields a poll needs (one search call for all of a target's jobs).
 POLL_FIELDS = ("uuid,name,status,lastMessage,condition,remoteJobId,remoteResultInfo,"
-               "execSystemExecDir,execSystemOutputDir,tags")
+               "execSystemExecDir,execSystemOutputDir,tags,maxMinutes,remoteStarted")
 
 
 class JobsApi(TapisApi):

@@ -71,3 +71,25 @@ def reason_of(job: Mapping[str, Any]) -> str:
     status = str(job.get("status") or "?")
     message = str(job.get("lastMessage") or "").strip()
     return f"Tapis job {status}" + (f": {message[:500]}" if message else "")
+
+
+def time_limit_of(job: Mapping[str, Any]) -> int | None:
+    """maxMinutes, the scheduler's --time Tapis asked for, in seconds."""
+    minutes = job.get("maxMinutes")
+    return int(minutes) * 60 if isinstance(minutes, int | float) and minutes > 0 else None
+
+
+def time_left_of(job: Mapping[str, Any], now: float) -> float | None:
+    """What maxMinutes leaves since remoteStarted (when the batch job began running)."""
+    import datetime as dt
+
+    limit, started = time_limit_of(job), job.get("remoteStarted")
+    if limit is None or not isinstance(started, str) or not started:
+        return None
+    try:
+        begun = dt.datetime.fromisoformat(started.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if begun.tzinfo is None:
+        begun = begun.replace(tzinfo=dt.UTC)
+    return max(0.0, begun.timestamp() + limit - now)

@@ -246,6 +246,11 @@ class TapisJobsTarget(Target):
 
     # ------------------------------------------------------------------ poll
 
+    async def extend(self, handle: Mapping[str, Any], add_s: int) -> str | None:
+        raise BadInput("a Tapis job's maxMinutes cannot change once it is submitted",
+                       hint="relaunch the session (hpcserve relaunch ID) with a longer "
+                       "time limit: --set time=...")
+
     async def poll(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, TargetStatus]:
         if not handles:
             return {}
@@ -281,11 +286,15 @@ class TapisJobsTarget(Target):
         status = str(job.get("status") or "").upper()
         phase = states.phase_of(status)
         if phase == Phase.PENDING:
-            return TargetStatus(Phase.PENDING, reason=states.reason_of(job))
+            return TargetStatus(Phase.PENDING, reason=states.reason_of(job),
+                                time_limit_s=states.time_limit_of(job))
         if phase == Phase.STOPPING:
             return TargetStatus(Phase.STOPPING, reason=states.reason_of(job))
         if phase == Phase.RUNNING:
-            return self._running(handle, job)
+            st = self._running(handle, job)
+            st.time_limit_s = states.time_limit_of(job)
+            st.time_left_s = states.time_left_of(job, time.time())
+            return st
         return self._ended(handle, job, phase)
 
     def _running(self, handle: Mapping[str, Any], job: Mapping[str, Any]) -> TargetStatus:
