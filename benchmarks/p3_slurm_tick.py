@@ -8,7 +8,9 @@ Running: 200 sessions launched through the real SessionManager (the real job scr
 and submitted over SSH), all running at once and each serving a tiny HTTP server as its engine
 (a benchmark of the monitor, not of an engine). The real `SessionManager.tick()` is timed while
 the engines start and once all are ready: scheduler commands, SFTP reads, health probes
-(through the sessions' SSH tunnels) and SSH channels opened per tick.
+(through the sessions' SSH tunnels) and SSH channels opened per tick, and once ready the
+background health probes of ready sessions (readiness.py: every health_interval, 15 s by
+default, so about 200 in the 20 s measured) that run between and beside the ticks.
 
 The test node has 2 cores and its `debug` partition does not oversubscribe, so 200 jobs run at
 once only in a partition that does: this benchmark creates one (`scontrol create`, as root,
@@ -220,6 +222,11 @@ def tick_figures(ticks: list[dict[str, Any]]) -> dict[str, Any]:
             "sftp_reads_per_tick_max": most("ssh.read_file"),
             "sftp_stats_per_tick_max": most("ssh.stat"),
             "health_probes_per_tick_max": most("manager._healthy"),
+            # ready sessions' health probes (readiness.py): background tasks every
+            # health_interval, counted in the tick window they ran in
+            "background_probes_per_tick_max": most("manager._probe"),
+            "background_probes_per_tick_median": stats(
+                [t["counts"].get("manager._probe", 0) for t in ticks])["median"],
             "tunnel_channels_opened_per_tick_max": most("ssh._open_forward_channel"),
             "tunnel_channels_opened_per_tick_median": stats(
                 [t["counts"].get("ssh._open_forward_channel", 0) for t in ticks])["median"]}
@@ -234,6 +241,7 @@ async def running_ticks(env: dict[str, str], home: Path) -> dict[str, Any]:
     calls.watch(shell, "run", "read_file", "stat", "_open_forward_channel", label="ssh.")
     calls.watch(target, "poll", label="target.")
     calls.watch(mgr, "_healthy", label="manager.")
+    calls.watch(mgr.ready_health, "probe", label="manager._")  # ready sessions' probes
     try:
         t0 = time.monotonic()
         sessions = await asyncio.gather(*(mgr.launch(SPEC.recipe, target="p3", name=f"p3-{i}")
@@ -306,7 +314,10 @@ def running(env: dict[str, str]) -> dict[str, Any]:
               f"{t['scheduler_commands_per_tick_max']} scheduler commands "
               f"({t['ssh_commands_per_tick_max']} SSH commands in all), "
               f"{t['sftp_reads_per_tick_max']} SFTP reads, {t['health_probes_per_tick_max']} "
-              f"health probes, {t['tunnel_channels_opened_per_tick_max']} tunnel channels opened")
+              f"health probes, {t['tunnel_channels_opened_per_tick_max']} tunnel channels "
+              f"opened; background probes of ready sessions per tick: median "
+              f"{t['background_probes_per_tick_median']:.0f}, max "
+              f"{t['background_probes_per_tick_max']}")
     rest = ready["tick_s"]["median"] - ready["poll_s"]["median"]
     if ready["health_probes_per_tick_max"]:
         print(f"running (ready): {rest * 1000:.0f} ms of the tick beyond the poll go to "

@@ -38,6 +38,17 @@ export interface ISession {
   idle_timeout_s: number | null;
   max_lifetime_s: number | null;
   resources: Record<string, unknown>;
+  /** The nearer of the target's limit and the max lifetime (null: nothing limits it). */
+  time_limit_s?: number | null;
+  /** Seconds left when the JSON was made (null: no limit, or it ended). */
+  time_left_s?: number | null;
+  /** ISO 8601, when it ends. */
+  ends_at?: string | null;
+  /** While ready: seconds to idle autostop when the JSON was made. */
+  idle_stop_in_s?: number | null;
+  /** The engine stopped answering health checks while ready (a flag, like `unreachable`). */
+  degraded?: boolean;
+  degraded_reason?: string;
 }
 
 export interface IRecipe {
@@ -62,6 +73,41 @@ export interface ISessionEvent {
   ts?: number;
   session?: ISession;
   sessions?: ISession[];
+  /** What a notice (`expiring`, `idle-expiring`, `degraded`...) says. */
+  message?: string;
+}
+
+/** The answer of POST /hpcserve/api/sessions/{id}/extend. */
+export interface IExtendAnswer {
+  session: ISession;
+  message: string;
+}
+
+/** One GPU of a session, as nvidia-smi reported it. */
+export interface IGpuUse {
+  index: number;
+  name: string;
+  utilization_pct: number | null;
+  memory_used_mib: number | null;
+  memory_total_mib: number | null;
+}
+
+/** GET /hpcserve/api/sessions/{id}/metrics: the engine's own numbers, and its GPUs'. */
+export interface ISessionMetrics {
+  session_id: string;
+  available: boolean;
+  /** Why not available (e.g. the engine has no Prometheus endpoint). */
+  reason?: string;
+  requests_running?: number | null;
+  requests_waiting?: number | null;
+  prompt_tokens_total?: number | null;
+  generation_tokens_total?: number | null;
+  generation_tokens_per_s?: number | null;
+  kv_cache_usage?: number | null;
+  scraped_at?: string | null;
+  /** [epoch s, tokens/s, requests running] over the last minutes. */
+  history?: [number, number | null, number | null][];
+  gpus?: { available: boolean; reason?: string; gpus?: IGpuUse[] };
 }
 
 export interface ILaunchRequest {
@@ -206,6 +252,21 @@ export const api = {
     requestAPI<ISession>(`sessions/${encodeURIComponent(id)}`, { method: 'DELETE' }),
   keepalive: (id: string) =>
     requestAPI<ISession>(`sessions/${encodeURIComponent(id)}/keepalive`, { method: 'POST' }),
+  relaunch: (id: string, name?: string) =>
+    requestAPI<ISession>(`sessions/${encodeURIComponent(id)}/relaunch`, {
+      method: 'POST',
+      body: JSON.stringify(name ? { name } : {})
+    }),
+  extend: (id: string, time: string) =>
+    requestAPI<IExtendAnswer>(`sessions/${encodeURIComponent(id)}/extend`, {
+      method: 'POST',
+      body: JSON.stringify({ time })
+    }),
+  metrics: (id: string, signal?: AbortSignal) =>
+    requestAPI<ISessionMetrics>(`sessions/${encodeURIComponent(id)}/metrics`, {
+      cache: 'no-store',
+      signal
+    }),
   useInJupyterAi: (id: string, isDefault = false) =>
     requestAPI<IJupyterAiEntry>(`sessions/${encodeURIComponent(id)}/jupyter-ai`, {
       method: 'POST',

@@ -4,6 +4,8 @@ export namespace CommandIDs {
   export const openSidebar = 'hpcserve:open-sidebar';
   export const stop = 'hpcserve:stop';
   export const keepalive = 'hpcserve:keepalive';
+  export const relaunch = 'hpcserve:relaunch-session';
+  export const extend = 'hpcserve:extend-session';
   export const showLogs = 'hpcserve:show-logs';
   export const copyBaseUrl = 'hpcserve:copy-base-url';
   export const copyModel = 'hpcserve:copy-model';

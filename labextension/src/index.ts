@@ -12,15 +12,23 @@ import {
   Clipboard,
   Dialog,
   ICommandPalette,
+  InputDialog,
   MainAreaWidget,
   Notification,
   WidgetTracker,
   showDialog
 } from '@jupyterlab/apputils';
 import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
-import { addBelowIcon, copyIcon, linkIcon, stopIcon } from '@jupyterlab/ui-components';
+import {
+  addBelowIcon,
+  copyIcon,
+  historyIcon,
+  linkIcon,
+  redoIcon,
+  stopIcon
+} from '@jupyterlab/ui-components';
 
-import { api, ISession, openaiBaseUrl } from './api';
+import { api, ISession, ISessionEvent, openaiBaseUrl } from './api';
 import { CommandIDs } from './commands';
 import { jupyterAiIcon, keepaliveIcon, logIcon, sessionsIcon } from './icons';
 import { addJobCommands } from './jobcommands';
@@ -33,6 +41,9 @@ import { notifyError } from './notify';
 import { IRowAction, SessionsPanel } from './sidebar';
 
 const CATEGORY = 'AI Sessions';
+
+/** Events that warn about a session (a JupyterLab notification each). */
+const WARNINGS: ReadonlySet<string> = new Set(['expiring', 'idle-expiring', 'degraded']);
 
 export { notifyError };
 
@@ -93,6 +104,19 @@ const plugin: JupyterFrontEndPlugin<void> = {
         command: CommandIDs.keepalive,
         icon: keepaliveIcon,
         label: 'Keep alive (reset the idle timer)'
+      },
+      {
+        action: 'extend',
+        command: CommandIDs.extend,
+        icon: historyIcon,
+        label: 'Extend (more time, where the target allows)…'
+      },
+      {
+        action: 'relaunch',
+        command: CommandIDs.relaunch,
+        icon: redoIcon,
+        label: 'Relaunch (a new session with the same settings)',
+        ended: true
       },
       {
         action: 'copy-url',
@@ -222,6 +246,98 @@ const plugin: JupyterFrontEndPlugin<void> = {
         }
       }
     });
+
+    commands.addCommand(CommandIDs.relaunch, {
+      label: 'Relaunch AI Session',
+      caption:
+        'Launch a new session with the same recipe, backend, target and overrides (the ' +
+        'name gets the next number)',
+      icon: redoIcon,
+      execute: async args => {
+        const s = await sessionOf(args);
+        if (!s) {
+          return;
+        }
+        try {
+          const fresh = await api.relaunch(s.id, args.name ? String(args.name) : undefined);
+          model.upsert(fresh);
+          Notification.success(`Relaunched ${s.name} as ${fresh.name} (${fresh.state})`, {
+            autoClose: 4000
+          });
+        } catch (err) {
+          notifyError(`Relaunching ${s.name} failed`, err);
+        }
+      }
+    });
+
+    let lastExtend = '30m';
+    commands.addCommand(CommandIDs.extend, {
+      label: 'Extend AI Session…',
+      caption:
+        'Ask for more time: the target’s own limit where it can (SLURM: scontrol, often ' +
+        'for operators only) and the max lifetime within the server’s bound',
+      icon: historyIcon,
+      execute: async args => {
+        const s = await sessionOf(args);
+        if (!s) {
+          return;
+        }
+        let time = typeof args.time === 'string' ? args.time.trim() : '';
+        if (!time) {
+          const answer = await InputDialog.getText({
+            title: `Extend ${s.name}`,
+            label: 'More time (e.g. 30m, 1h, 1:30:00)',
+            text: lastExtend,
+            placeholder: '30m',
+            okLabel: 'Extend'
+          });
+          time = answer.button.accept ? (answer.value ?? '').trim() : '';
+          if (!time) {
+            return;
+          }
+          lastExtend = time;
+        }
+        try {
+          const done = await api.extend(s.id, time);
+          model.upsert(done.session);
+          Notification.success(`${s.name}: ${done.message || 'extended'}`, {
+            autoClose: 6000
+          });
+        } catch (err) {
+          notifyError(`Extending ${s.name} failed`, err);
+        }
+      }
+    });
+
+    // ------------------------------------------------------------ warnings from the server
+
+    const warn = (msg: ISessionEvent) => {
+      const s = msg.session;
+      if (!s) {
+        return;
+      }
+      const text = `${s.name}: ${msg.message || msg.type}`;
+      if (msg.type === 'healthy') {
+        Notification.info(text, { autoClose: 6000 });
+        return;
+      }
+      if (!WARNINGS.has(msg.type)) {
+        return;
+      }
+      const act = (label: string, command: string) => ({
+        label,
+        caption: label,
+        callback: () => void commands.execute(command, { id: s.id })
+      });
+      const actions =
+        msg.type === 'expiring'
+          ? [act('Extend…', CommandIDs.extend), act('Relaunch', CommandIDs.relaunch)]
+          : msg.type === 'idle-expiring'
+            ? [act('Keep alive', CommandIDs.keepalive)]
+            : [act('Show log', CommandIDs.showLogs)];
+      Notification.warning(text, { autoClose: false, actions });
+    };
+    model.events.connect((_, msg) => warn(msg));
 
     const logs = new WidgetTracker<MainAreaWidget<LogView>>({ namespace: 'hpcserve-logs' });
     commands.addCommand(CommandIDs.showLogs, {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -44,7 +45,12 @@ class ReadyHealth:
     def consider(self, session_id: str, endpoints: list[str], path: str, key: str,
                  degraded: list[str]) -> None:
         """Called for a ready session on every tick: starts its probe when one is due."""
-        w = self._watches.setdefault(session_id, _Watch(due=time.monotonic() + self.interval))
+        w = self._watches.get(session_id)
+        if w is None:
+            # The first probe somewhere in the next 0.5-1.5 intervals: sessions that became
+            # ready together (a restart, a batch launch) are not all probed in one tick.
+            spread = 0.5 + (zlib.crc32(session_id.encode()) % 1000) / 1000
+            w = self._watches[session_id] = _Watch(due=time.monotonic() + self.interval * spread)
         now = time.monotonic()
         if w.task is not None or now < w.due or not endpoints:
             return

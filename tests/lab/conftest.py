@@ -16,8 +16,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -210,3 +211,43 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory):
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+def open_sidebar(page: Any, expect: Any) -> Any:
+    """The sessions sidebar, opened from its tab in the left bar (left open if it is), once
+    its event stream is connected."""
+    tab = page.locator(".jp-SideBar.jp-mod-left li[data-id='hpcserve-sessions']")
+    expect(tab).to_be_visible(timeout=60_000)
+    sidebar = page.locator("#hpcserve-sessions")
+    if not sidebar.is_visible():
+        tab.click()
+    expect(sidebar).to_be_visible()
+    expect(sidebar.locator(".jp-hpcserve-connection")).to_have_attribute(
+        "data-state", "open", timeout=30_000)
+    return sidebar
+
+
+def run_page(lab: LabServer, browser_context: Any, artifacts: Path, name: str,
+             body: Callable[[Any, Any], None], cleanup: Callable[[], None] = lambda: None
+             ) -> None:
+    """Run `body(page, expect)` on a fresh page: a screenshot, the browser console and the
+    server log on failure; `cleanup` whatever happened; no page error allowed."""
+    require_labextension()
+    from playwright.sync_api import expect
+
+    page = browser_context.new_page()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    try:
+        body(page, expect)
+    except Exception:
+        page.screenshot(path=str(artifacts / f"{name}-failure.png"))
+        print("browser console:\n" + "\n".join(console[-60:]))
+        print("server log:\n" + lab.logs())
+        raise
+    finally:
+        cleanup()
+        page.close()
+    errors = [c for c in console if c.startswith("pageerror")]
+    assert not errors, errors

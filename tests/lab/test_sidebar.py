@@ -18,7 +18,15 @@ from pathlib import Path
 import openai
 import pytest
 
-from .conftest import LABEXT, TOKEN, LabServer, plain, require_labextension, wait_for_kernel
+from .conftest import (
+    LABEXT,
+    TOKEN,
+    LabServer,
+    open_sidebar,
+    plain,
+    require_labextension,
+    wait_for_kernel,
+)
 
 pytestmark = [pytest.mark.lab, pytest.mark.model, pytest.mark.timeout(600)]
 
@@ -113,13 +121,7 @@ def _run(page, lab: LabServer, artifacts: Path, expect) -> None:
     wait_for_kernel(page)
 
     # -- open the sidebar from its tab in the left bar
-    tab = page.locator(".jp-SideBar.jp-mod-left li[data-id='hpcserve-sessions']")
-    expect(tab).to_be_visible(timeout=30_000)
-    tab.click()
-    sidebar = page.locator("#hpcserve-sessions")
-    expect(sidebar).to_be_visible()
-    expect(sidebar.locator(".jp-hpcserve-connection")).to_have_attribute(
-        "data-state", "open", timeout=30_000)
+    sidebar = open_sidebar(page, expect)
     expect(sidebar.locator(".jp-hpcserve-empty")).to_contain_text("No sessions")
     page.evaluate(WATCH_ROWS)
 

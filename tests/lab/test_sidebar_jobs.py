@@ -22,7 +22,7 @@ import pytest
 
 from job_inputs import chat_lines, write
 
-from .conftest import LabServer, require_labextension
+from .conftest import LabServer, open_sidebar, run_page
 
 pytestmark = [pytest.mark.lab, pytest.mark.model, pytest.mark.timeout(600)]
 
@@ -67,37 +67,9 @@ def cancel_live_jobs(lab: LabServer) -> None:
 
 
 def test_sidebar_jobs(lab: LabServer, browser_context, artifacts: Path) -> None:
-    require_labextension()
-    from playwright.sync_api import expect
-
-    page = browser_context.new_page()
-    console: list[str] = []
-    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-    try:
-        _run(page, lab, artifacts, expect)
-    except Exception:
-        page.screenshot(path=str(artifacts / "jobs-failure.png"))
-        print("browser console:\n" + "\n".join(console[-60:]))
-        print("server log:\n" + lab.logs())
-        raise
-    finally:
-        cancel_live_jobs(lab)
-        page.close()
-    errors = [c for c in console if c.startswith("pageerror")]
-    assert not errors, errors
-
-
-def open_sidebar(page, expect):
-    tab = page.locator(".jp-SideBar.jp-mod-left li[data-id='hpcserve-sessions']")
-    expect(tab).to_be_visible(timeout=60_000)
-    sidebar = page.locator("#hpcserve-sessions")
-    if not sidebar.is_visible():
-        tab.click()
-    expect(sidebar).to_be_visible()
-    expect(sidebar.locator(".jp-hpcserve-connection")).to_have_attribute(
-        "data-state", "open", timeout=30_000)
-    return sidebar
+    run_page(lab, browser_context, artifacts, "jobs",
+             lambda page, expect: _run(page, lab, artifacts, expect),
+             cleanup=lambda: cancel_live_jobs(lab))
 
 
 def _run(page, lab: LabServer, artifacts: Path, expect) -> None:

@@ -20,14 +20,6 @@ RECIPE = "smollm2-135m"
 hp = facade_fixture()
 
 
-@pytest.fixture
-def panel(hp):
-    p = ControlPanel(hp)
-    yield p
-    p.join(60)
-    p.close()
-
-
 def batch_file(path: Path, n: int, max_tokens: int) -> Path:
     """An OpenAI Batch file of `n` chat requests with custom_ids q0..q{n-1}."""
     lines = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",

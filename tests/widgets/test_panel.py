@@ -33,14 +33,6 @@ def hp(tmp_path):
     h.close()
 
 
-@pytest.fixture
-def panel(hp):
-    p = ControlPanel(hp)
-    yield p
-    p.join(60)
-    p.close()
-
-
 def widget_state(panel: ControlPanel) -> str:
     """Everything a notebook would save of the panel's widgets, as JSON text."""
     return json.dumps(dependency_state([panel.widget], drop_defaults=False))

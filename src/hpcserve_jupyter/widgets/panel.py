@@ -2,9 +2,12 @@
 each.
 
 Everything goes through the facade (`api.default()` unless one is given). The session table
-follows the facade's event stream (`facade.subscribe`): no polling. Slow calls (launch and
-wait, stop, prompts, logs) run on worker threads so the kernel stays responsive; `join()`
-waits for them and `wait_for(predicate)` for a state of the panel (tests and notebooks).
+follows the facade's event stream (`facade.subscribe`): no polling. A ticker (every `tick`
+seconds) counts the rows' age and time left down locally and, while the Sessions tab is shown,
+asks for the ready sessions' metrics every `metrics_every` seconds (the server scrapes an
+engine only while someone asks). Slow calls (launch and wait, stop, relaunch, extend, prompts,
+logs) run on worker threads so the kernel stays responsive; `join()` waits for them and
+`wait_for(predicate)` for a state of the panel (tests and notebooks).
 
 This module only composes the parts and is the panel's scripting surface: their widgets and
 actions are attributes of the panel (`panel.recipe`, `panel.send()`...), as notebooks use them.
@@ -12,6 +15,7 @@ actions are attributes of the panel (`panel.recipe`, `panel.send()`...), as note
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +28,7 @@ from .logs_tab import LogsTab
 from .session_row import SessionRow
 from .sessions_tab import SessionsTab
 from .shared import Shared
+from .ticker import Ticker
 
 if TYPE_CHECKING:
     from ..events import Subscription
@@ -33,7 +38,8 @@ if TYPE_CHECKING:
 class ControlPanel:
     """The panel's widgets (attributes, for scripting and tests) and what they do."""
 
-    def __init__(self, facade: Facade | None = None, *, subscribe: bool = True) -> None:
+    def __init__(self, facade: Facade | None = None, *, subscribe: bool = True,
+                 tick: float | None = 1.0, metrics_every: float = 5.0) -> None:
         if facade is None:
             from .. import api
 
@@ -56,6 +62,22 @@ class ControlPanel:
             facade.subscribe(self._on_event) if subscribe else None)
         if self._subscription is None:  # no event stream: the table changes on `refresh`
             self.refresh()
+        self.metrics_every = metrics_every
+        self._metrics_due = 0.0  # monotonic time of the next metrics poll
+        self._ticker = Ticker(self._tick, tick, "panel-ticker") if tick else None
+
+    def _tick(self) -> None:
+        """The countdowns to now; the metrics when due and the Sessions tab is shown. Ends
+        with the facade (its closing ends the subscription): nothing is left to show."""
+        sub, ticker = self._subscription, self._ticker
+        if sub is not None and sub.closed and ticker is not None:
+            ticker.close()
+            return
+        self.sessions.tick()
+        now = time.monotonic()
+        if self.tabs.selected_index == 0 and now >= self._metrics_due:
+            self._metrics_due = now + self.metrics_every
+            self.sessions.poll_metrics()
 
     def _expose_widgets(self) -> None:
         """The parts' widgets and state as the panel's own attributes (one object to script)."""
@@ -83,6 +105,10 @@ class ControlPanel:
         self.refresh_button = sessions.refresh_button
         self.status = sessions.status
         self.rows = sessions.rows
+        self.relaunched = sessions.relaunched  # the same list: ids of relaunched sessions
+        self.extend_time = sessions.extend_time
+        self.notices = sessions.notices  # the same list: notice events, oldest first
+        self.notice_log = sessions.notice_log
         self.sessions_box = sessions.box
         self.log_session = logs.log_session
         self.log_tail = logs.log_tail
@@ -115,6 +141,9 @@ class ControlPanel:
 
     def close(self) -> None:
         """Unsubscribe and close every widget (sessions keep running)."""
+        if self._ticker is not None:
+            self._ticker.close()
+            self._ticker = None
         if self._subscription is not None:
             self._subscription.close()
             self._subscription = None
@@ -173,6 +202,16 @@ class ControlPanel:
 
     def keepalive(self, sid: str) -> None:
         self.sessions.keepalive(sid)
+
+    def relaunch(self, sid: str) -> None:
+        self.sessions.relaunch(sid)
+
+    def extend(self, sid: str, duration: str | None = None) -> None:
+        self.sessions.extend(sid, duration)
+
+    def poll_metrics(self) -> None:
+        """Ask for the ready sessions' metrics now (the ticker does it while the tab shows)."""
+        self.sessions.poll_metrics()
 
     def use_in_jupyter_ai(self, sid: str) -> None:
         self.sessions.use_in_jupyter_ai(sid)
