@@ -44,6 +44,19 @@ class NotFound(BadInput):
     http_status = 404
 
 
+class NameInUse(BadInput):
+    """A live session already has the name asked for: a conflict with the current state."""
+
+    http_status = 409
+
+
+class Refused(BadInput):
+    """A well-formed request that the target or the server's limits refuse (SLURM will not
+    raise a time limit, past the lifetime bound): a conflict, not bad syntax."""
+
+    http_status = 409
+
+
 class RecipeError(BadInput):
     """A recipe file that does not parse or validate; carries file and line."""
 

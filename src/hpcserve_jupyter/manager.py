@@ -23,7 +23,15 @@ from typing import Any
 import httpx
 
 from . import health, paths
-from .errors import BadInput, HpcserveError, LaunchError, NotFound, NotReady, TargetUnreachable
+from .errors import (
+    BadInput,
+    HpcserveError,
+    LaunchError,
+    NameInUse,
+    NotFound,
+    NotReady,
+    TargetUnreachable,
+)
 from .eventpub import EventPublisher
 from .monitorlock import MonitorLock
 from .readiness import ReadyHealth
@@ -202,7 +210,7 @@ class SessionManager(EventPublisher, SessionClock):
             raise BadInput(f"invalid session name {name!r}",
                            hint="use letters, digits, '.', '_' and '-' (at most 63 characters)")
         if name and self.store.name_in_use(name):
-            raise BadInput(f"a live session is already named {name!r}",
+            raise NameInUse(f"a live session is already named {name!r}",
                            hint="choose another name or stop that session")
         session = Session(
             id=_random.token_hex(4), name=name or self._new_name(spec.recipe),

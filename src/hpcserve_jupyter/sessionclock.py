@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 from . import expiry
-from .errors import BadInput
+from .errors import BadInput, NotReady, Refused
 from .store import StaleSession
 from .targets.base import Phase
 
@@ -51,6 +51,8 @@ class SessionClock:
         """`expiring` / `idle-expiring` events, each once (expiry.py)."""
         now = time.time()
         for s in live:
+            if not s.handle:  # still launching: its launch writes it next, not the monitor
+                continue
             rearm = expiry.moved_away(s, now, self.expiry_warning)
             if rearm:
                 s.expiry_warned = False
@@ -71,12 +73,12 @@ class SessionClock:
             raise BadInput("extend wants a positive duration, e.g. --time 30m")
         s = self.get(key)
         if not s.state.live:
-            raise BadInput(f"session {s.name} has ended ({s.state})",
+            raise NotReady(f"session {s.name} has ended ({s.state})",
                            hint=f"relaunch it: hpcserve relaunch {s.name}")
         bound = parse_duration(self.defaults.lifetime_bound)
         lifetime = s.max_lifetime_s + add_s if s.max_lifetime_s else None
         if lifetime is not None and lifetime > bound:
-            raise BadInput(f"{s.name} would live {lifetime} s, more than the {bound} s allowed",
+            raise Refused(f"{s.name} would live {lifetime} s, more than the {bound} s allowed",
                            hint="relaunch it instead, or ask the server's administrator to "
                            "raise c.HpcserveApp.max_lifetime_bound")
         said = await self.target(s.target).extend(s.handle or {}, add_s)

@@ -37,7 +37,7 @@ async def test_extend_raises_the_max_lifetime_within_the_bound(jp_fetch, registe
     assert "5400" in done["message"]
     code, err = await call(jp_fetch, "sessions", s.id, "extend", method="POST",
                            body=json.dumps({"time": "30d"}))
-    assert code == 400 and "more than" in err["error"], err  # the default bound: 7 days
+    assert code == 409 and "more than" in err["error"], err  # the default bound: 7 days
     code, err = await call(jp_fetch, "sessions", s.id, "extend", method="POST",
                            body=json.dumps({"time": "soon"}))
     assert code == 400 and "invalid time" in err["error"], err

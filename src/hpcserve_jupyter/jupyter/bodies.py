@@ -11,6 +11,10 @@ from ..gatewaykeys import LABEL_PATTERN
 from ..recipes import untextual
 from ..sessions import NAME_PATTERN
 
+# A positive duration as durations.parse_duration reads it: 90, 90s, 30m, 2h, 1d, H:MM[:SS],
+# D-HH[:MM[:SS]] (a leading digit that is not 0, so no zero duration passes the schema).
+TIME_PATTERN = (r"^\s*(?:0*[1-9]\d{0,8}(?:\.\d+)?\s*(?:s|m|min|h|d)?"
+                r"|0*[1-9]\d{0,3}-\d{1,2}(?::\d{1,2}){1,2}|0*[1-9]\d{0,5}(?::\d{1,2}){1,2})\s*$")
 PATH_MAX = 4096  # Linux's PATH_MAX: a longer path is refused by every file call (ENAMETOOLONG)
 NAME_MAX = 255  # bytes in one path component
 
@@ -139,5 +143,19 @@ class ExtendBody(BaseModel):
     """The body of POST /hpcserve/api/sessions/{id}/extend."""
 
     model_config = ConfigDict(extra="forbid")
-    time: str | int = Field(description="how much longer: '30m', '2h', '1:30:00' or seconds",
-                            examples=["30m"])
+    # Checked by _positive (one clear message); the schema says the same for clients.
+    time: str | int = Field(
+        description="how much longer: '30m', '2h', '1:30:00' or seconds", examples=["30m"],
+        json_schema_extra={"anyOf": [{"type": "integer", "minimum": 1, "maximum": 10**9},
+                                     {"type": "string", "pattern": TIME_PATTERN}]})
+
+    @field_validator("time")
+    @classmethod
+    def _positive(cls, v: str | int) -> str | int:
+        from ..durations import parse_duration
+
+        try:
+            parse_duration(v)
+        except ValueError as exc:
+            raise ValueError(f"invalid time: {exc}") from None
+        return v

@@ -275,6 +275,9 @@ def _lifetime_paths(api: str) -> dict[str, Any]:
             "Launch a new session like this one", {
                 "201": _json(_ref("Session"), "launched; Location names the new session"),
                 "400": _error("bad body or name, or the recipe no longer resolves"),
+                "409": _error("a live session has that name, or the target could not start "
+                              "it (the new session is `failed`)"),
+                "503": _error("the target does not answer (SSH, scheduler, Pods API)"),
                 **NO_SESSION},
             params=[ID], body={"required": False, "content": {JSON: {"schema": relaunch}}},
             operation_id="relaunchSession",
@@ -285,8 +288,10 @@ def _lifetime_paths(api: str) -> dict[str, Any]:
                 "200": _json({"type": "object", "properties": {
                     "session": _ref("Session"), "message": {
                         "type": "string", "description": "what the target answered"}}}),
-                "400": _error("bad time, the session has ended, the target cannot extend "
-                              "(Tapis), SLURM refused (its own words), or past the bound"),
+                "400": _error("bad time, the target cannot extend (Tapis), SLURM refused "
+                              "(its own words), or past the bound"),
+                "409": _error("the session has ended"),
+                "503": _error("the target does not answer (SSH, scheduler)"),
                 **NO_SESSION},
             params=[ID], body={"required": True, "content": {JSON: {"schema": extend}}},
             operation_id="extendSession",
@@ -494,8 +499,8 @@ def _paths() -> dict[str, Any]:
                         "links": LAUNCHED_LINKS},
                 "400": _error("bad body, unknown field, invalid override or name"),
                 "404": _error("unknown recipe, backend or target"),
-                "409": _error("the target could not start it: port in use, no free GPU... "
-                              "(the session is `failed`)"),
+                "409": _error("a live session has that name, or the target could not start "
+                              "it: port in use, no free GPU... (the session is `failed`)"),
                 "503": _error("the target does not answer (SSH, scheduler, Pods API)")},
                 body={"required": True,
                       "content": {JSON: {"schema": _ref("LaunchRequest")}}},

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...errors import BadInput, HpcserveError, LaunchError, TargetUnreachable
+from ...errors import BadInput, HpcserveError, LaunchError, Refused, TargetUnreachable
 from ..base import (
     LaunchRequest,
     Phase,
@@ -403,7 +403,7 @@ class SlurmTarget(Target):
             out = await asyncio.to_thread(self._scheduler, argv)
         except RemoteCommandError as exc:
             answer = (exc.stderr.strip() or exc.stdout.strip() or f"exit {exc.exit_code}")
-            raise BadInput(f"SLURM refused to extend job {job} by {minutes} min: {answer}",
+            raise Refused(f"SLURM refused to extend job {job} by {minutes} min: {answer}",
                            hint="raising a time limit usually needs a SLURM operator or "
                            "administrator; ask your site, or relaunch the session") from None
         return out.strip() or f"job {job}: time limit raised by {minutes} min"

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ...errors import BadInput, HpcserveError, LaunchError, TargetUnreachable
+from ...errors import BadInput, HpcserveError, LaunchError, Refused, TargetUnreachable
 from ...secrets import redact
 from ..base import (
     LaunchRequest,
@@ -247,7 +247,7 @@ class TapisJobsTarget(Target):
     # ------------------------------------------------------------------ poll
 
     async def extend(self, handle: Mapping[str, Any], add_s: int) -> str | None:
-        raise BadInput("a Tapis job's maxMinutes cannot change once it is submitted",
+        raise Refused("a Tapis job's maxMinutes cannot change once it is submitted",
                        hint="relaunch the session (hpcserve relaunch ID) with a longer "
                        "time limit: --set time=...")
 
