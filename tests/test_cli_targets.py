@@ -156,8 +156,13 @@ def every_command(cli: Cli, target: str, kind: str, *launch_args: str) -> list[s
     elif kind == "slurm":
         r = cli("extend", "waited", "--time", "10m", rc=2)
         assert "SLURM refused to extend job" in r.stderr, r.stderr
-    else:  # Tapis: fixed once submitted or started
-        assert "relaunch" in cli("extend", "waited", "--time", "10m", rc=2).stderr
+    else:  # Tapis: the target's limit is fixed once submitted or started; the max lifetime
+        # grows within the bound, and the answer says the target's limit stays
+        r = cli("extend", "waited", "--time", "10m", "--json")
+        said = json.loads(r.stdout)
+        assert said["session"]["max_lifetime_s"] == info["max_lifetime_s"] + 600
+        assert "the target's own limit stays" in said["message"], said
+        assert "still ends in" in said["message"], said  # its limit comes first now
     cli("extend", "waited", "--time", "soon", rc=2)
 
     # prompting: the answer's words are the model's; that one came back is ours to check

@@ -57,6 +57,11 @@ class Refused(BadInput):
     http_status = 409
 
 
+class FixedLimit(Refused):
+    """The target's own time limit cannot change once it is set (a Tapis pod or job):
+    hpcserve's max lifetime still may be raised, but the session ends at that limit anyway."""
+
+
 class RecipeError(BadInput):
     """A recipe file that does not parse or validate; carries file and line."""
 

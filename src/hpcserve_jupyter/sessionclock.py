@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 from . import expiry
-from .errors import BadInput, NotReady, Refused
+from .errors import BadInput, FixedLimit, NotReady, Refused
 from .store import StaleSession
 from .targets.base import Phase
 
@@ -66,7 +66,9 @@ class SessionClock:
     async def extend(self, key: str, add_s: int) -> tuple[Session, str]:
         """`add_s` more seconds for a live session: on the target where it limits the session
         (SLURM asks scontrol, whose refusal is the error), and its max lifetime, which may not
-        pass the configured bound. Nothing changes when either says no."""
+        pass the configured bound. A target whose limit is fixed (Tapis) still lets the max
+        lifetime grow, and the answer says the session ends at the target's limit anyway.
+        Nothing changes when the bound or the target refuses, or when nothing would."""
         from .durations import parse_duration
 
         if add_s <= 0:
@@ -81,11 +83,24 @@ class SessionClock:
             raise Refused(f"{s.name} would live {lifetime} s, more than the {bound} s allowed",
                            hint="relaunch it instead, or ask the server's administrator to "
                            "raise c.HpcserveApp.max_lifetime_bound")
-        said = await self.target(s.target).extend(s.handle or {}, add_s)
+        fixed: FixedLimit | None = None
+        try:
+            said = await self.target(s.target).extend(s.handle or {}, add_s)
+        except FixedLimit as exc:
+            if lifetime is None:
+                raise
+            said, fixed = None, exc
+        if said is None and lifetime is None:
+            raise Refused(f"nothing limits how long {s.name} runs: it has no max lifetime and "
+                          f"its target {s.target} sets no time limit", hint="nothing to extend")
         s = self.get(s.id)
         if lifetime is not None:
             s.max_lifetime_s = lifetime
         what = said or f"max lifetime now {lifetime} s"
+        if fixed is not None:
+            what += f"; the target's own limit stays ({fixed.message})"
+            if s.ends_at is not None and s.created_at + (lifetime or 0) > s.ends_at:
+                what += f", so {s.name} still ends in {max(0, round(s.ends_at - time.time()))} s"
         self._write(s, "extended", what)
         self.wake()
         return s, what

@@ -64,7 +64,8 @@ def resolved(tmp_path: Path, backend: str, engine_args: dict[str, Any] | None = 
 
 BASE_ARGV = {
     "sglang": [PY, "-m", "sglang.launch_server", "--model-path", MODEL,
-               "--served-model-name", "qwen", "--host", HOST, "--port", PORT, "--api-key", KEY],
+               "--served-model-name", "qwen", "--host", HOST, "--port", PORT, "--api-key", KEY,
+               "--enable-metrics"],
     # A recipe without GPUs keeps transformers on the CPU (its --device auto takes a GPU).
     "transformers": ["transformers", "serve", MODEL, "--host", HOST, "--port", PORT,
                      "--device", "cpu"],
@@ -92,7 +93,7 @@ def test_argv_with_one_gpu_and_no_engine_args(backend: str) -> None:
 # for argparse, the flag repeated for clap/click).
 TP4_CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
     "sglang": (
-        {"mem-fraction-static": 0.8, "trust-remote-code": True, "enable-metrics": False,
+        {"mem-fraction-static": 0.8, "trust-remote-code": True, "enable-metrics": True,
          "log-requests-target": ["stdout", "/tmp/req"], "context-length": 4096},
         ["--tp-size", "4", "--mem-fraction-static", "0.8", "--trust-remote-code",
          "--log-requests-target", "stdout", "/tmp/req", "--context-length", "4096"],
@@ -142,6 +143,12 @@ def test_argv_with_tensor_parallel_4_and_engine_args(backend: str) -> None:
 ])
 def test_argv_with_pipeline_parallel(backend: str, tail: list[str]) -> None:
     assert command(backend, tp=4, pp=2) == BASE_ARGV[backend] + tail
+
+
+def test_sglang_serves_metrics_unless_the_recipe_turns_them_off() -> None:
+    argv = command("sglang", {"enable-metrics": False})
+    assert "--enable-metrics" not in argv and argv == [
+        a for a in BASE_ARGV["sglang"] if a != "--enable-metrics"]
 
 
 def test_sglang_serves_embedding_recipes_as_embedding_models() -> None:

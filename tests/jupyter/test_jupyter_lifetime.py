@@ -47,6 +47,14 @@ async def test_extend_raises_the_max_lifetime_within_the_bound(jp_fetch, registe
     events = [e["kind"] for e in (await call(jp_fetch, "events", "log",
                                              params={"session": s.id}))[1]["events"]]
     assert events.count("extended") == 1
+    # nothing limits a session without a max lifetime on a local target: nothing to extend
+    free = register([standin.url])
+    free.max_lifetime_s = None
+    ext.manager.store.update(free)
+    code, err = await call(jp_fetch, "sessions", free.id, "extend", method="POST",
+                           body=json.dumps({"time": "30m"}))
+    assert code == 409 and "nothing limits" in err["error"], err
+    assert ext.manager.get(free.id).max_lifetime_s is None
 
 
 async def test_relaunch_of_an_unknown_session_is_404(jp_fetch):

@@ -29,8 +29,8 @@ class SGLang(Backend):
         f"{HEAD_ADDR}:{DIST_PORT}"), note="how SGLang spans nodes")
     # POST /v1/tokenize {"prompt"} -> {"tokens", "count", ...} (serving_tokenize.py); text only.
     token_counter = TokenCounter(TokenRoute("/v1/tokenize", "prompt", "count"))
-    # Served only when started with --enable-metrics (engine_args `enable-metrics: true`);
-    # otherwise /metrics answers 404.
+    # Served only when started with --enable-metrics, which hpcserve passes unless the recipe
+    # says `enable-metrics: false` (then /metrics answers 404 and the metrics view says so).
     metrics_path = "/metrics"
     metrics_format = "sglang"
 
@@ -46,6 +46,8 @@ class SGLang(Backend):
             "--host", HOST, "--port", PORT,
             "--api-key", API_KEY,
         ]
+        if args.pop("enable-metrics", True):
+            argv.append("--enable-metrics")
         if ctx.tensor_parallel > 1:
             argv += ["--tp-size", str(ctx.tensor_parallel)]
         if ctx.pipeline_parallel > 1:

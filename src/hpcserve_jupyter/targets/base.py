@@ -180,7 +180,8 @@ class Target:
     async def extend(self, handle: Mapping[str, Any], add_s: int) -> str | None:
         """Give a running session `add_s` more seconds where the target itself limits it;
         returns what the target answered. None: nothing here limits it but hpcserve's own
-        max lifetime (which the manager raises). A target that cannot raises BadInput."""
+        max lifetime (which the manager raises). A target whose limit is fixed once set raises
+        FixedLimit (the max lifetime may still grow); one that refuses raises Refused."""
         return None
 
     async def gpu_report(self, handle: Mapping[str, Any]) -> Any:

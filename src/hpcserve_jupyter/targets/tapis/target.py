@@ -51,7 +51,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ...errors import BadInput, HpcserveError, LaunchError, Refused, TargetUnreachable
+from ...errors import BadInput, FixedLimit, HpcserveError, LaunchError, TargetUnreachable
 from ...secrets import redact
 from ..base import LaunchRequest, Phase, SecretSetting, Target, TargetStatus
 from . import deploy, jobfiles, states
@@ -170,10 +170,10 @@ class TapisPodsTarget(Target):
         return " and ".join(left)
 
     async def extend(self, handle: Mapping[str, Any], add_s: int) -> str | None:
-        raise Refused("a pod's time_to_stop counts from its start and changes only when the "
-                       "pod restarts, which would end this session",
-                       hint="relaunch the session (hpcserve relaunch ID) with a longer time "
-                       "limit: --set time=...")
+        raise FixedLimit("a pod's time_to_stop counts from its start and changes only when "
+                         "the pod restarts, which would end this session",
+                         hint="relaunch the session (hpcserve relaunch ID) with a longer time "
+                         "limit: --set time=...")
 
     async def cached_model(self, repo_id: str, filename: str | None = None,
                            revision: str = "main") -> str | None:

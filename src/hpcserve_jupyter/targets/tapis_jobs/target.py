@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ...errors import BadInput, HpcserveError, LaunchError, Refused, TargetUnreachable
+from ...errors import BadInput, FixedLimit, HpcserveError, LaunchError, TargetUnreachable
 from ...secrets import redact
 from ..base import (
     LaunchRequest,
@@ -247,9 +247,9 @@ class TapisJobsTarget(Target):
     # ------------------------------------------------------------------ poll
 
     async def extend(self, handle: Mapping[str, Any], add_s: int) -> str | None:
-        raise Refused("a Tapis job's maxMinutes cannot change once it is submitted",
-                       hint="relaunch the session (hpcserve relaunch ID) with a longer "
-                       "time limit: --set time=...")
+        raise FixedLimit("a Tapis job's maxMinutes cannot change once it is submitted",
+                         hint="relaunch the session (hpcserve relaunch ID) with a longer "
+                         "time limit: --set time=...")
 
     async def poll(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, TargetStatus]:
         if not handles:
