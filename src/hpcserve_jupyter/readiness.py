@@ -17,6 +17,8 @@ import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from .sidetasks import cancel_all
+
 log = logging.getLogger(__name__)
 
 Probe = Callable[[str, str, str], Awaitable[bool]]  # (url, health path, api key) -> answers
@@ -100,8 +102,5 @@ class ReadyHealth:
             self.forget(sid)
 
     async def close(self) -> None:
-        tasks = [w.task for w in self._watches.values() if w.task is not None]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(w.task for w in self._watches.values())
         self._watches.clear()

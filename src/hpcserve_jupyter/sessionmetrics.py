@@ -25,6 +25,7 @@ from .backends import get_backend
 from .metrics import EngineMetrics, GpuReport, MetricsWindow, parse
 from .metrics.engine import SCRAPE_HEADERS
 from .sessions import State
+from .sidetasks import cancel_all
 
 if TYPE_CHECKING:
     from .sessions import Session
@@ -158,8 +159,5 @@ class SessionMetrics:
             w.gpus = GpuReport(reason=f"asking for GPU use failed: {exc}")
 
     async def close(self) -> None:
-        tasks = [w.task for w in self._watched.values() if w.task is not None]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(w.task for w in self._watched.values())
         self._watched.clear()

@@ -98,7 +98,10 @@ def time_left(s: Session, now: float | None = None) -> str:
     return "-" if left is None else age(left)
 
 
-def soon(s: Session, now: float | None = None, within: float = 600) -> bool:
+SOON_S = 600  # under ten minutes left, the front ends turn amber
+
+
+def soon(s: Session, now: float | None = None, within: float = SOON_S) -> bool:
     """Whether a live session ends within `within` seconds (the front ends turn amber)."""
     left = s.timing(now)["time_left_s"]
     return left is not None and left < within
@@ -139,10 +142,11 @@ AMBER = "#b26a00"
 
 
 def _left_cell(s: Session, now: float, html_cell: bool) -> str:
-    text = time_left(s, now)
+    left = s.timing(now)["time_left_s"]  # once: the text and the colour from the same value
+    text = "-" if left is None else age(left)
     if not html_cell:
         return text
-    if soon(s, now):
+    if left is not None and left < SOON_S:
         return (f'<span class="hpcserve-expiring" style="color:{AMBER};font-weight:bold">'
                 f"{html.escape(text)}</span>")
     return html.escape(text)
