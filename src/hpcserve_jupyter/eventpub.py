@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 NOTICES = expiry.NOTICES | {"extended", "degraded", "healthy"}
 
 
+def activity_slack(idle_timeout_s: float) -> float:
+    """How far a ready session's idle countdown, as subscribers last got it, may lag its
+    activity before an `activity` event corrects it: 5% of the idle timeout, 1 s to 60 s."""
+    return min(60.0, max(1.0, idle_timeout_s / 20))
+
+
 class EventPublisher:
     """Subscribers' queues, and what each was told."""
 
@@ -33,6 +39,9 @@ class EventPublisher:
         self._seq = store.last_seq()
         # Told of changes other processes wrote about things that are not sessions (jobs).
         self.event_followers: list[Callable[[dict[str, Any]], None]] = []
+        # Each session's last activity as subscribers were last told it (see _tell_activity).
+        self._activity_told: dict[str, float] = {}
+        self._told_since = time.time()
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
@@ -83,10 +92,32 @@ class EventPublisher:
                 self._publish(s, e["kind"], {**s.public(), "state": e["state"],
                                              "reason": e["message"], "unreachable": unreachable})
 
+    def _tell_activity(self, live: list[Session] | None = None) -> None:
+        """An `activity` event (the session, no state change) for each ready session whose
+        idle countdown subscribers hold is off by more than `activity_slack`: requests through
+        the proxy or the gateway reset the idle timer without writing an event, and the
+        sidebar and panel would count down to an idle stop that moved away."""
+        if not self._subscribers:
+            return
+        from .sessions import State
+
+        live = self.store.all(live_only=True) if live is None else live
+        for s in live:
+            if s.state != State.READY or not s.idle_timeout_s:
+                continue
+            told = self._activity_told.get(s.id, self._told_since)
+            if s.last_activity - told > activity_slack(s.idle_timeout_s):
+                self._publish(s, "activity")
+        ids = {s.id for s in live}
+        for sid in [k for k in self._activity_told if k not in ids]:
+            del self._activity_told[sid]
+
     def _publish(self, s: Session, kind: str, public: dict[str, Any] | None = None, *,
                  message: str | None = None) -> None:
         public = public or s.public()
         self._published[s.id] = (str(public["state"]), bool(public.get("unreachable")))
+        self._activity_told[s.id] = max(s.last_activity,
+                                        self._activity_told.get(s.id, s.last_activity))
         event = {"type": kind, "session": public, "ts": time.time()}
         if message is not None:
             event["message"] = message

@@ -434,6 +434,7 @@ class SessionManager(EventPublisher, SessionClock):
             return
         self._follow_store()
         if not self.monitoring:
+            self._tell_activity()
             return
         async with self._tick_lock:
             if self._closing:
@@ -451,6 +452,7 @@ class SessionManager(EventPublisher, SessionClock):
             self.ready_health.prune({s.id for ss in by_target.values() for s in ss})
             live = self.store.all(live_only=True)  # as the polls left them
             self._warn_expiring(live)
+            self._tell_activity(live)
             await self.metrics.tick(live)
             for hook in self.tick_hooks:
                 try:

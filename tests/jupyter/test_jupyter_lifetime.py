@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,47 @@ async def test_extend_raises_the_max_lifetime_within_the_bound(jp_fetch, registe
                            body=json.dumps({"time": "30m"}))
     assert code == 409 and "nothing limits" in err["error"], err
     assert ext.manager.get(free.id).max_lifetime_s is None
+
+
+def activity_events(queue, sid: str) -> list[dict]:
+    seen = []
+    while not queue.empty():
+        event = queue.get_nowait()
+        if event["type"] == "activity" and event["session"]["id"] == sid:
+            seen.append(event)
+    return seen
+
+
+async def test_traffic_moves_the_idle_countdown_subscribers_see(register, standin, ext):
+    """Requests reset the idle timer without writing an event; a tick tells subscribers (the
+    sidebar, the panel) the moved countdown in an `activity` event once it is off by more than
+    the slack (here 1 s of a 20 s idle timeout), not for every request."""
+    from hpcserve_jupyter.eventpub import activity_slack
+
+    s = register([standin.url])
+    s.idle_timeout_s = 20
+    ext.manager.store.update(s)
+    assert activity_slack(20) == 1.0
+    queue = ext.manager.subscribe()
+    try:
+        await ext.manager.tick()
+        activity_events(queue, s.id)  # the first tick may tell the countdown once: a baseline
+        ext.manager.touch(s.id)  # what the proxy and the gateway do on each request
+        await ext.manager.tick()
+        assert activity_events(queue, s.id) == []  # moved by less than the slack
+        await asyncio.sleep(1.5)
+        touched = time.time()
+        ext.manager.touch(s.id)
+        await ext.manager.tick()
+        told = activity_events(queue, s.id)
+        assert len(told) == 1, told
+        session = told[0]["session"]
+        assert session["state"] == "ready" and session["last_activity"] >= touched
+        assert session["idle_stop_in_s"] >= 19  # counted from this request, not from launch
+        await ext.manager.tick()
+        assert activity_events(queue, s.id) == []  # told once
+    finally:
+        ext.manager.unsubscribe(queue)
 
 
 async def test_relaunch_of_an_unknown_session_is_404(jp_fetch):

@@ -158,7 +158,8 @@ def _schemas() -> dict[str, Any]:
                   "event holds `session`, a job event `job`; the first event (`snapshot`) "
                   "holds the live `sessions` and `jobs`", "properties": {
             "type": {"type": "string", "description": "snapshot | created | starting | ready | "
-                     "stop | stopped | failed | timeout | unreachable | reachable | resync ...; "
+                     "stop | stopped | failed | timeout | unreachable | reachable | resync | "
+                     "activity (requests moved a ready session's idle stop) ...; "
                      "notices (with `message`): expiring | idle-expiring | extended | degraded "
                      "| healthy; "
                      "for jobs also queued | running | progress (done/failed counts changed) | "
