@@ -50,7 +50,7 @@ for ((r = 0; r < REPLICAS; r++)); do
     fi
     echo "hpcserve: replica $r on $NODE:$PORT" "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-}"
     export PORT
-    exec srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 bash -c '"${HPCSERVE_PYTHON}" -m sglang.launch_server --model-path org/big-model --served-model-name big --host "${BIND_HOST}" --port "${PORT}" --api-key "${HPCSERVE_API_KEY}" --tp-size 4 --pp-size 2 --nnodes "${SLURM_JOB_NUM_NODES}" --node-rank "${SLURM_PROCID}" --dist-init-addr "${HEAD_IP}":"${DIST_PORT}"'
+    exec srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 bash -c '"${HPCSERVE_PYTHON}" -m sglang.launch_server --model-path org/big-model --served-model-name big --host "${BIND_HOST}" --port "${PORT}" --api-key "${HPCSERVE_API_KEY}" --enable-metrics --tp-size 4 --pp-size 2 --nnodes "${SLURM_JOB_NUM_NODES}" --node-rank "${SLURM_PROCID}" --dist-init-addr "${HEAD_IP}":"${DIST_PORT}"'
   ) >> "$LOG" 2>&1 &
   PIDS+=("$!")
 done

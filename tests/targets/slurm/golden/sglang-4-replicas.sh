@@ -50,7 +50,7 @@ for ((r = 0; r < REPLICAS; r++)); do
       export CUDA_VISIBLE_DEVICES="${GPU_SLICES[$r]}"
     fi
     echo "hpcserve: replica $r on $NODE:$PORT" "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-}"
-    exec "${HPCSERVE_PYTHON}" -m sglang.launch_server --model-path org/big-model --served-model-name big --host "${BIND_HOST}" --port "${PORT}" --api-key "${HPCSERVE_API_KEY}"
+    exec "${HPCSERVE_PYTHON}" -m sglang.launch_server --model-path org/big-model --served-model-name big --host "${BIND_HOST}" --port "${PORT}" --api-key "${HPCSERVE_API_KEY}" --enable-metrics
   ) >> "$LOG" 2>&1 &
   PIDS+=("$!")
 done
