@@ -34,8 +34,19 @@ def hp(tmp_path):
 
 
 def widget_state(panel: ControlPanel) -> str:
-    """Everything a notebook would save of the panel's widgets, as JSON text."""
-    return json.dumps(dependency_state([panel.widget], drop_defaults=False))
+    """Everything a notebook would save of the panel's widgets, as JSON text. ipywidgets walks
+    its global table of widgets, which the panel's event thread may add a row's widgets to at
+    that moment ("dictionary changed size during iteration", seen once in CI): the walk holds
+    the panel's lock, under which rows are made, and is taken again if another widget appeared
+    anyway."""
+    for attempt in range(5):
+        try:
+            with panel._shared.lock:
+                return json.dumps(dependency_state([panel.widget], drop_defaults=False))
+        except RuntimeError as exc:
+            if "changed size during iteration" not in str(exc) or attempt == 4:
+                raise
+    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------- launch form
