@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import expiry
+from .sessions import State
 
 if TYPE_CHECKING:
     from .sessions import Session
@@ -99,8 +100,6 @@ class EventPublisher:
         sidebar and panel would count down to an idle stop that moved away."""
         if not self._subscribers:
             return
-        from .sessions import State
-
         live = self.store.all(live_only=True) if live is None else live
         for s in live:
             if s.state != State.READY or not s.idle_timeout_s:

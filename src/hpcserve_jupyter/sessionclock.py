@@ -97,9 +97,9 @@ class SessionClock:
         if lifetime is not None:
             s.max_lifetime_s = lifetime
         what = said or f"max lifetime now {lifetime} s"
-        if fixed is not None:
+        if fixed is not None and lifetime is not None:
             what += f"; the target's own limit stays ({fixed.message})"
-            if s.ends_at is not None and s.created_at + (lifetime or 0) > s.ends_at:
+            if s.ends_at is not None and s.created_at + lifetime > s.ends_at:
                 what += f", so {s.name} still ends in {max(0, round(s.ends_at - time.time()))} s"
         self._write(s, "extended", what)
         self.wake()

@@ -289,9 +289,9 @@ def _lifetime_paths(api: str) -> dict[str, Any]:
                 "200": _json({"type": "object", "properties": {
                     "session": _ref("Session"), "message": {
                         "type": "string", "description": "what the target answered"}}}),
-                "400": _error("bad time, the target cannot extend (Tapis), SLURM refused "
-                              "(its own words), or past the bound"),
-                "409": _error("the session has ended"),
+                "400": _error("bad time or body"),
+                "409": _error("the session has ended, SLURM refused (its own words), past "
+                              "the bound, or nothing limits the session"),
                 "503": _error("the target does not answer (SSH, scheduler)"),
                 **NO_SESSION},
             params=[ID], body={"required": True, "content": {JSON: {"schema": extend}}},
